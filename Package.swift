@@ -1,0 +1,35 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "peftkit",
+    products: [
+        .executable(name: "peftkit", targets: ["peftkit"]),
+        .library(name: "PEFTKit", targets: ["PEFTKit"]),
+        .library(name: "SafeTensors", targets: ["SafeTensors"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C libraries, linked from the system (apt: libopenblas-dev, zlib1g-dev, libjson-c-dev).
+        .systemLibrary(name: "CPeftKitOpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CPeftKitZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CPeftKitJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+
+        // The file format only: knows nothing of adapters.
+        .target(name: "SafeTensors", dependencies: ["CPeftKitJSONC", "CPeftKitZlib"]),
+        // Adapters, their math and the streaming merge engine.
+        .target(name: "PEFTKit", dependencies: ["SafeTensors", "CPeftKitOpenBLAS", "CPeftKitZlib", "CPeftKitJSONC"]),
+        // Argument parsing and presentation; a library so tests can run commands in-process.
+        .target(name: "PEFTKitCLI", dependencies: [
+            "PEFTKit", "SafeTensors",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "peftkit", dependencies: ["PEFTKitCLI"]),
+
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
+        .testTarget(name: "PEFTKitTests", dependencies: ["PEFTKit", "SafeTensors"]),
+        .testTarget(name: "PEFTKitCLITests", dependencies: ["PEFTKitCLI", "PEFTKit", "SafeTensors"]),
+    ]
+)

@@ -1,0 +1,12 @@
+#ifndef CPEFTKIT_OPENBLAS_SHIM_H
+#define CPEFTKIT_OPENBLAS_SHIM_H
+#include <cblas.h>
+
+// Debian's libopenblas carries LAPACK's Fortran symbols but no LAPACKE header; declare the few we call.
+// Fortran convention: every argument by pointer, column-major matrices.
+void sgesv_(const int *n, const int *nrhs, float *a, const int *lda, int *ipiv, float *b, const int *ldb, int *info);
+void sgetrf_(const int *m, const int *n, float *a, const int *lda, int *ipiv, int *info);
+void sgecon_(const char *norm, const int *n, const float *a, const int *lda, const float *anorm, float *rcond,
+             float *work, int *iwork, int *info);
+float slange_(const char *norm, const int *m, const int *n, const float *a, const int *lda, float *work);
+#endif

@@ -1,0 +1,4 @@
+#ifndef CPEFTKIT_ZLIB_SHIM_H
+#define CPEFTKIT_ZLIB_SHIM_H
+#include <zlib.h>
+#endif

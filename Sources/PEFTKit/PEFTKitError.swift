@@ -1,0 +1,48 @@
+import Foundation
+
+/// The one error type of the PEFTKit module.
+///
+/// A `kind` for callers that branch on the failure, plus the context every message must carry: the file, the
+/// tensor or module (where there is one) and what is wrong, in words a user can act on.
+public struct PEFTKitError: LocalizedError, Equatable, Sendable {
+    public enum Kind: String, Sendable {
+        /// A method, variant or option peftkit does not implement (yet).
+        case unsupported
+        /// `adapter_config.json` or a peftkit file's metadata is malformed.
+        case invalidConfig
+        /// The adapter's tensors disagree with each other or with its config.
+        case inconsistentAdapter
+        /// A legacy PyTorch `.bin` checkpoint is malformed or asks for something outside the allow-list.
+        case legacyCheckpoint
+        /// The base model does not fit the adapter (missing module, shape, dtype or fingerprint mismatch).
+        case baseMismatch
+        /// A numeric problem: non-finite values, a singular system.
+        case numerics
+        /// Reading or writing the file system failed.
+        case io
+        /// A corrupted file: checksum mismatch, truncated data.
+        case corrupted
+    }
+
+    public var kind: Kind
+    /// The file involved, as the user named it (or as found inside a folder the user named).
+    public var file: String?
+    /// The tensor or module involved, if any.
+    public var tensor: String?
+    public var message: String
+
+    public init(_ kind: Kind, file: String? = nil, tensor: String? = nil, _ message: String) {
+        self.kind = kind
+        self.file = file
+        self.tensor = tensor
+        self.message = message
+    }
+
+    public var errorDescription: String? {
+        var parts: [String] = []
+        if let file { parts.append(file) }
+        if let tensor { parts.append("'\(tensor)'") }
+        parts.append(message)
+        return parts.joined(separator: ": ")
+    }
+}

@@ -1,0 +1,8 @@
+import PEFTKitCLI
+
+@main
+struct Entry {
+    static func main() async {
+        await PeftkitCommand.main()
+    }
+}
