@@ -1,0 +1,141 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Writes one safetensors file, tensor by tensor, without ever holding the whole file in memory.
+///
+/// Every tensor is declared up front (the header comes first and fixes the offsets); the bytes may then arrive in any
+/// order. The file is written under a temporary name in the destination folder, synced, and renamed into place by
+/// `finish()`; a writer that is dropped or aborted before that removes its temporary file.
+/// The layout is the one of `safetensors.save_file`, so the same tensors and metadata give the same bytes.
+public final class SafeTensorsWriter {
+    /// Prefix of temporary files, so that stale ones (after a crash) can be recognised.
+    public static let temporaryPrefix = ".peftkit-tmp-"
+
+    /// The final path.
+    public let path: String
+    public let temporaryPath: String
+    /// The tensors in file order, with their offsets in the data buffer.
+    public let tensors: [TensorInfo]
+    /// Total size of the finished file.
+    public let fileSize: Int
+    private let dataStart: Int
+    private let indexByName: [String: Int]
+    private var written: [Bool]
+    private var descriptor: Int32
+    private var state = State.open
+
+    private enum State { case open, finished, aborted }
+
+    /// Creates the temporary file and writes the header.
+    /// - Parameters:
+    ///   - metadata: `__metadata__`; transformers requires `format: pt`, the default.
+    ///   - syncOnFinish: fsync the file and its folder before renaming (turn off only for scratch output).
+    public init(path: String, tensors: [TensorSpec],
+                metadata: [(key: String, value: String)]? = [("format", "pt")]) throws {
+        self.path = path
+        let ordered = Header.layoutOrder(tensors)
+        let (json, infos) = try Header.serialize(ordered, metadata: metadata, file: path)
+        self.tensors = infos
+        self.dataStart = 8 + json.count
+        self.fileSize = dataStart + (infos.last?.dataOffsets.upperBound ?? 0)
+        var index: [String: Int] = [:]
+        for (i, info) in infos.enumerated() { index[info.name] = i }
+        self.indexByName = index
+        self.written = Array(repeating: false, count: infos.count)
+
+        let (folder, name) = Self.split(path)
+        var random = SystemRandomNumberGenerator()
+        self.temporaryPath = folder + Self.temporaryPrefix + name + "-\(getpid())-\(String(random.next() as UInt32, radix: 16))"
+        let fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw SafeTensorsError.io(file: path, operation: "create", reason: SafeTensorsFile.errnoText()) }
+        self.descriptor = fd
+        do {
+            // Reserve the space now: running out of disk fails here, before any work is done.
+            let status = posix_fallocate(fd, 0, off_t(fileSize))
+            if status != 0 && status != EOPNOTSUPP && status != EINVAL {
+                throw SafeTensorsError.io(file: path, operation: "allocate \(fileSize) bytes",
+                                          reason: SafeTensorsFile.errnoText(status))
+            }
+            var prefix = [UInt8]()
+            prefix.reserveCapacity(dataStart)
+            withUnsafeBytes(of: UInt64(json.count).littleEndian) { prefix.append(contentsOf: $0) }
+            prefix.append(contentsOf: json)
+            try prefix.withUnsafeBytes { (raw) throws in try writeFully(raw, at: 0) }
+        } catch {
+            abort()
+            throw error
+        }
+    }
+
+    deinit { abort() }
+
+    /// Writes the bytes of the declared tensor `name`.
+    public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
+        guard let index = indexByName[name] else { throw SafeTensorsError.writerUnknownTensor(file: path, tensor: name) }
+        let tensor = tensors[index]
+        guard !written[index] else { throw SafeTensorsError.writerDuplicateTensor(file: path, tensor: name) }
+        guard bytes.count == tensor.byteCount else {
+            throw SafeTensorsError.writerByteCount(file: path, tensor: name, expected: tensor.byteCount, actual: bytes.count)
+        }
+        try writeFully(bytes, at: dataStart + tensor.dataOffsets.lowerBound)
+        written[index] = true
+    }
+
+    /// Checks that every tensor was written, syncs, and renames the file to its final name.
+    public func finish(sync: Bool = true) throws {
+        let missing = zip(tensors, written).filter { !$0.1 }.map(\.0.name)
+        guard missing.isEmpty else { throw SafeTensorsError.writerIncomplete(file: path, missing: missing) }
+        if sync && fsync(descriptor) != 0 {
+            throw SafeTensorsError.io(file: path, operation: "fsync", reason: SafeTensorsFile.errnoText())
+        }
+        close(descriptor)
+        descriptor = -1
+        guard rename(temporaryPath, path) == 0 else {
+            let reason = SafeTensorsFile.errnoText()
+            abort()
+            throw SafeTensorsError.io(file: path, operation: "rename into place", reason: reason)
+        }
+        state = .finished
+        if sync { Self.syncFolder(of: path) }
+    }
+
+    /// Removes the temporary file. Safe to call more than once.
+    public func abort() {
+        guard state == .open else { return }
+        state = .aborted
+        if descriptor >= 0 { close(descriptor) }
+        descriptor = -1
+        unlink(temporaryPath)
+    }
+
+    private func writeFully(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {
+        var done = 0
+        while done < bytes.count {
+            // Large writes in chunks: some kernels cap a single write near 2 GiB.
+            let chunk = min(bytes.count - done, 1 << 30)
+            let n = pwrite(descriptor, bytes.baseAddress! + done, chunk, off_t(offset + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SafeTensorsError.io(file: path, operation: "write", reason: SafeTensorsFile.errnoText())
+            }
+            done += n
+        }
+    }
+
+    static func split(_ path: String) -> (folder: String, name: String) {
+        guard let slash = path.lastIndex(of: "/") else { return ("", path) }
+        return (String(path[...slash]), String(path[path.index(after: slash)...]))
+    }
+
+    /// Makes a rename durable by syncing the folder that holds the file.
+    static func syncFolder(of path: String) {
+        let folder = split(path).folder
+        let fd = open(folder.isEmpty ? "." : folder, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
+    }
+}
