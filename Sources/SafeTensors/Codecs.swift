@@ -33,14 +33,16 @@ public enum Codec {
         return Float(bitPattern: sign | ((exponent + 112) << 23) | (mantissa << 13))
     }
 
-    /// IEEE binary16, round to nearest even; overflow to ±Inf; NaN becomes a quiet NaN with its sign (as torch).
+    /// IEEE binary16, round to nearest even; overflow to ±Inf; NaN stays NaN with its sign and the top 10 payload
+    /// bits, made quiet (as torch does).
     @inline(__always)
     public static func f16(from value: Float) -> UInt16 {
         let u = value.bitPattern
         let sign = UInt16(truncatingIfNeeded: (u >> 16) & 0x8000)
         let magnitude = u & 0x7FFF_FFFF
         if magnitude >= 0x4780_0000 {  // ≥ 65536, Inf or NaN
-            return sign | (magnitude > 0x7F80_0000 ? 0x7E00 : 0x7C00)
+            let nan = 0x7E00 | UInt16(truncatingIfNeeded: (magnitude >> 13) & 0x3FF)
+            return sign | (magnitude > 0x7F80_0000 ? nan : 0x7C00)
         }
         if magnitude < 0x3880_0000 {  // below 2⁻¹⁴: subnormal or zero
             // Adding 0.5 aligns the value so that the FPU's own round-to-nearest-even produces the f16 mantissa.
