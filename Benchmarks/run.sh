@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# Benchmark `peftkit merge` against `cp -r` and HF PEFT. See Benchmarks/README.md.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$SCRIPT_DIR/.." && pwd)
+
+RUNS=5
+PEFT_RUNS=1
+LARGE=0
+LARGE_RUNS=2
+INSPECT_RUNS=30
+PEFTKIT=""
+CACHE="${HOME}/.cache/peftkit-bench"
+PYTHON="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
+PYTHON="${PYTHON:-python3}"
+OUT_ROOT=/dev/shm/peftkit-bench-out
+RESULTS_DIR="$SCRIPT_DIR/results"
+
+ADAPTERS=(lora-r16 bone-r64 bat-r64)
+
+usage() {
+    cat <<EOF
+Usage: bash Benchmarks/run.sh [options]
+
+Times, interleaved round-robin, on the inputs made by Benchmarks/make_inputs.py:
+  cp -r BASE OUT                                   (the floor: copying the checkpoint)
+  peftkit merge BASE ADAPTER --output OUT --force --quiet   for LoRA r16, Bone r64, Bat r64
+  python Benchmarks/peft_merge.py BASE ADAPTER OUT (HF PEFT load + merge_and_unload + save_pretrained)
+  peftkit inspect BASE                             (hyperfine, against \`true\`)
+and with --large, cp and peftkit merge of the 66-layer checkpoint (peak RSS flatness).
+Each merge/copy runs under /usr/bin/time -v (wall time, peak RSS); outputs go to
+$OUT_ROOT (tmpfs), deleted after every run.
+Writes Benchmarks/results/latest.md (table) and latest.csv (every run).
+
+Options:
+  --runs N          runs of cp and of each peftkit merge (default $RUNS)
+  --peft-runs K     runs of each HF PEFT merge (default $PEFT_RUNS; ~30-40 s each)
+  --inspect-runs N  hyperfine runs of peftkit inspect (default $INSPECT_RUNS)
+  --large           also time the 66-layer checkpoint (make_inputs.py --layers 66)
+  --large-runs N    runs for --large (default $LARGE_RUNS)
+  --peftkit PATH    peftkit binary (default: $REPO_DIR/.build/release/peftkit,
+                    built with 'swift build -c release' if missing)
+  --cache DIR       inputs made by make_inputs.py (default $CACHE)
+  --python PATH     Python with torch/peft/transformers (default: \$PYTHON, the active
+                    virtualenv's python, else python3)
+  -h, --help        this text
+EOF
+}
+
+die() { echo "run.sh: $*" >&2; exit 1; }
+
+parse_args() {
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            --runs) RUNS=${2:?}; shift 2 ;;
+            --peft-runs) PEFT_RUNS=${2:?}; shift 2 ;;
+            --inspect-runs) INSPECT_RUNS=${2:?}; shift 2 ;;
+            --large) LARGE=1; shift ;;
+            --large-runs) LARGE_RUNS=${2:?}; shift 2 ;;
+            --peftkit) PEFTKIT=${2:?}; shift 2 ;;
+            --cache) CACHE=${2:?}; shift 2 ;;
+            --python) PYTHON=${2:?}; shift 2 ;;
+            -h|--help) usage; exit 0 ;;
+            *) usage >&2; die "unknown argument: $1" ;;
+        esac
+    done
+    for n in "$RUNS" "$PEFT_RUNS" "$INSPECT_RUNS" "$LARGE_RUNS"; do
+        [[ "$n" =~ ^[0-9]+$ ]] || die "not a count: $n"
+    done
+}
+
+# The default binary is built if missing; a build failure is not fatal: the peftkit rows then
+# report the failure (exit 127, no such file) and the baselines are still measured.
+resolve_peftkit() {
+    if [[ -z "$PEFTKIT" ]]; then
+        PEFTKIT="$REPO_DIR/.build/release/peftkit"
+        if [[ ! -x "$PEFTKIT" ]]; then
+            echo "building peftkit (swift build -c release) ..."
+            (cd "$REPO_DIR" && swift build -c release --product peftkit) >"$WORK/swift-build.log" 2>&1 \
+                || echo "warning: swift build failed (log: $WORK/swift-build.log); peftkit rows will fail" >&2
+        fi
+    elif [[ "$PEFTKIT" == */* ]]; then
+        PEFTKIT="$(cd "$(dirname "$PEFTKIT")" && pwd)/$(basename "$PEFTKIT")"
+    fi
+}
+
+check_inputs() {
+    local root=$1; shift
+    [[ -d "$root/base" ]] || die "missing $root/base: run Benchmarks/make_inputs.py first"
+    local a
+    for a in "$@"; do
+        [[ -f "$root/$a/adapter_model.safetensors" ]] || die "missing adapter $root/$a: run Benchmarks/make_inputs.py"
+    done
+}
+
+# Reads every input once so that all timed runs start with a warm page cache (the runs are
+# interleaved, so no command benefits from following another one), then copies the base to
+# tmpfs once, untimed: in a VM the first touch of guest memory can cost more than the copy itself.
+warm_up() {
+    local root=$1
+    cat "$root"/*/* >/dev/null
+    rm -rf "$OUT"
+    cp -r "$root/base" "$OUT"
+    rm -rf "$OUT"
+}
+
+check_tmpfs_space() {
+    local need_kb=$(( $(du -sk "$1" | cut -f1) * 2 ))
+    local have_kb
+    have_kb=$(df -k --output=avail /dev/shm | tail -1 | tr -d ' ')
+    (( have_kb > need_kb )) || die "/dev/shm has ${have_kb} kB free, need about ${need_kb} kB"
+}
+
+# measure LABEL KIND ADAPTER LAYERS RUN -- COMMAND...
+# Runs COMMAND under /usr/bin/time -v with a fresh output folder and appends one CSV row.
+measure() {
+    local label=$1 kind=$2 adapter=$3 layers=$4 run=$5; shift 6
+    local tfile="$WORK/time.txt" rc=0 t0 t1
+    rm -rf "$OUT"
+    printf '%-42s run %-2s ' "$label" "$run"
+    echo "### $label run $run: $*" >>"$WORK/commands.log"
+    t0=$(date +%s%N)
+    /usr/bin/time -v -o "$tfile" "$@" >>"$WORK/commands.log" 2>&1 || rc=$?
+    t1=$(date +%s%N)
+    rm -rf "$OUT"
+
+    local rss user sys wall
+    rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tfile")
+    user=$(awk -F': ' '/User time \(seconds\)/ {print $2}' "$tfile")
+    sys=$(awk -F': ' '/System time \(seconds\)/ {print $2}' "$tfile")
+    wall=$(awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.4f", ns / 1e9 }')
+    echo "$label,$kind,$adapter,$layers,$run,$rc,$wall,$rss,$user,$sys" >>"$CSV"
+    if (( rc == 0 )); then
+        awk -v w="$wall" -v r="${rss:-0}" 'BEGIN { printf "%8.2f s  %7.0f MB\n", w, r / 1024 }'
+    else
+        echo "failed (exit $rc)"
+    fi
+}
+
+bench_small() {
+    local root="$CACHE/llama-22l-bf16" base="$CACHE/llama-22l-bf16/base" r a
+    echo "== cp vs peftkit merge, 22 layers, $RUNS runs each, interleaved"
+    for ((r = 1; r <= RUNS; r++)); do
+        measure "cp -r" cp "" 22 "$r" -- cp -r "$base" "$OUT"
+        for a in "${ADAPTERS[@]}"; do
+            measure "peftkit merge ${a/-/ }" peftkit "$a" 22 "$r" -- \
+                "$PEFTKIT" merge "$base" "$root/$a" --output "$OUT" --force --quiet
+        done
+    done
+    echo "== HF PEFT merge, 22 layers, $PEFT_RUNS run(s) each"
+    for ((r = 1; r <= PEFT_RUNS; r++)); do
+        for a in "${ADAPTERS[@]}"; do
+            measure "HF PEFT merge ${a/-/ }" peft "$a" 22 "$r" -- \
+                "$PYTHON" "$SCRIPT_DIR/peft_merge.py" "$base" "$root/$a" "$OUT"
+        done
+    done
+}
+
+bench_inspect() {
+    local base="$CACHE/llama-22l-bf16/base" rc=0
+    echo "== peftkit inspect (hyperfine, $INSPECT_RUNS runs)"
+    "$PEFTKIT" inspect "$base" >>"$WORK/commands.log" 2>&1 || rc=$?
+    if (( rc != 0 )); then
+        echo "peftkit inspect failed (exit $rc)"
+        echo "peftkit inspect,inspect,,22,1,$rc,,,," >>"$CSV"
+    else
+        hyperfine -N --style basic --warmup 5 --runs "$INSPECT_RUNS" \
+            --export-json "$WORK/inspect.json" "$PEFTKIT inspect $base" >>"$WORK/commands.log" 2>&1
+        "$PYTHON" "$SCRIPT_DIR/bench_report.py" hyperfine-rows "$WORK/inspect.json" "peftkit inspect" inspect >>"$CSV"
+    fi
+    # The cost of starting any process, for reference.
+    hyperfine -N --style basic --warmup 5 --runs "$INSPECT_RUNS" \
+        --export-json "$WORK/true.json" true >>"$WORK/commands.log" 2>&1
+    "$PYTHON" "$SCRIPT_DIR/bench_report.py" hyperfine-rows "$WORK/true.json" "true (process start)" true >>"$CSV"
+}
+
+bench_large() {
+    local root="$CACHE/llama-66l-bf16" base="$CACHE/llama-66l-bf16/base" r
+    echo "== 66 layers, $LARGE_RUNS run(s), interleaved"
+    for ((r = 1; r <= LARGE_RUNS; r++)); do
+        measure "cp -r (66 layers)" cp "" 66 "$r" -- cp -r "$base" "$OUT"
+        measure "peftkit merge lora r16 (66 layers)" peftkit lora-r16 66 "$r" -- \
+            "$PEFTKIT" merge "$base" "$root/lora-r16" --output "$OUT" --force --quiet
+    done
+}
+
+size_gb() {
+    du -sb "$1" | awk '{ printf "%.2f GB", $1 / 1e9 }'
+}
+
+write_meta() {
+    local cpu commit
+    cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+    commit=$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    {
+        echo "# peftkit benchmark"
+        echo
+        echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+        echo "- nproc: $(nproc); CPU: ${cpu:-unknown}; RAM: $(free -g | awk '/^Mem:/ {print $2}') GB"
+        echo "- load average at start: $LOAD_AT_START"
+        echo "- repo commit: $commit; peftkit: \`$PEFTKIT\`"
+        echo "- inputs: \`$CACHE\` (TinyLlama-1.1B shape, bf16: 22 layers $(size_gb "$CACHE/llama-22l-bf16/base")$( \
+            (( LARGE == 0 )) || echo "; 66 layers $(size_gb "$CACHE/llama-66l-bf16/base")"))"
+        echo "- runs: $RUNS per cp/peftkit row (interleaved), $PEFT_RUNS per HF PEFT row$( \
+            (( LARGE == 0 )) || echo ", $LARGE_RUNS per 66-layer row"); outputs on tmpfs ($OUT_ROOT)"
+        echo "- wall time: date +%s%N around /usr/bin/time -v; peak RSS: its \"Maximum resident set size\""
+    } >"$WORK/meta.md"
+}
+
+main() {
+    parse_args "$@"
+    WORK=$(mktemp -d /tmp/peftkit-bench.XXXXXX)
+    OUT="$OUT_ROOT/out"
+    CSV="$WORK/runs.csv"
+    LOAD_AT_START=$(cut -d' ' -f1-3 /proc/loadavg)
+    trap 'rm -rf "$OUT_ROOT"' EXIT
+    mkdir -p "$OUT_ROOT" "$RESULTS_DIR"
+
+    command -v hyperfine >/dev/null || die "hyperfine not found (apt-get install hyperfine)"
+    [[ -x /usr/bin/time ]] || die "/usr/bin/time not found (apt-get install time)"
+    "$PYTHON" -c 'import peft, transformers, torch' 2>/dev/null \
+        || die "$PYTHON cannot import torch/peft/transformers (see --python)"
+    check_inputs "$CACHE/llama-22l-bf16" "${ADAPTERS[@]}"
+    (( LARGE == 0 )) || check_inputs "$CACHE/llama-66l-bf16" lora-r16
+    resolve_peftkit
+    echo "peftkit: $PEFTKIT; logs and raw files: $WORK"
+
+    echo "label,kind,adapter,layers,run,exit,wall_s,peak_rss_kb,user_s,sys_s" >"$CSV"
+    check_tmpfs_space "$CACHE/llama-22l-bf16/base"
+    warm_up "$CACHE/llama-22l-bf16"
+    bench_small
+    bench_inspect
+    if (( LARGE == 1 )); then
+        check_tmpfs_space "$CACHE/llama-66l-bf16/base"
+        warm_up "$CACHE/llama-66l-bf16"
+        bench_large
+    fi
+
+    write_meta
+    "$PYTHON" "$SCRIPT_DIR/bench_report.py" table "$CSV" --meta "$WORK/meta.md" >"$RESULTS_DIR/latest.md"
+    cp "$CSV" "$RESULTS_DIR/latest.csv"
+    echo
+    cat "$RESULTS_DIR/latest.md"
+    echo
+    echo "written: $RESULTS_DIR/latest.md, $RESULTS_DIR/latest.csv"
+}
+
+main "$@"
