@@ -30,12 +30,15 @@ public struct PEFTKitError: LocalizedError, Equatable, Sendable {
     /// The tensor or module involved, if any.
     public var tensor: String?
     public var message: String
+    /// Every problem found, one line each, when a check reports more than one.
+    public var details: [String]
 
-    public init(_ kind: Kind, file: String? = nil, tensor: String? = nil, _ message: String) {
+    public init(_ kind: Kind, file: String? = nil, tensor: String? = nil, _ message: String, details: [String] = []) {
         self.kind = kind
         self.file = file
         self.tensor = tensor
         self.message = message
+        self.details = details
     }
 
     public var errorDescription: String? {
@@ -43,6 +46,6 @@ public struct PEFTKitError: LocalizedError, Equatable, Sendable {
         if let file { parts.append(file) }
         if let tensor { parts.append("'\(tensor)'") }
         parts.append(message)
-        return parts.joined(separator: ": ")
+        return parts.joined(separator: ": ") + details.map { "\n  - " + $0 }.joined()
     }
 }
