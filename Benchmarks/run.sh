@@ -42,6 +42,7 @@ Options:
   --peftkit PATH    peftkit binary (default: $REPO_DIR/.build/release/peftkit,
                     built with 'swift build -c release' if missing)
   --cache DIR       inputs made by make_inputs.py (default $CACHE)
+  --results DIR     where latest.md/latest.csv go (default Benchmarks/results)
   --python PATH     Python with torch/peft/transformers (default: \$PYTHON, the active
                     virtualenv's python, else python3)
   -h, --help        this text
@@ -61,6 +62,7 @@ parse_args() {
             --peftkit) PEFTKIT=${2:?}; shift 2 ;;
             --cache) CACHE=${2:?}; shift 2 ;;
             --python) PYTHON=${2:?}; shift 2 ;;
+            --results) RESULTS_DIR=${2:?}; shift 2 ;;
             -h|--help) usage; exit 0 ;;
             *) usage >&2; die "unknown argument: $1" ;;
         esac
