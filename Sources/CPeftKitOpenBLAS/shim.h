@@ -4,8 +4,9 @@
 
 // Debian's libopenblas carries LAPACK's Fortran symbols but no LAPACKE header; declare the few we call.
 // Fortran convention: every argument by pointer, column-major matrices.
-void sgesv_(const int *n, const int *nrhs, float *a, const int *lda, int *ipiv, float *b, const int *ldb, int *info);
 void sgetrf_(const int *m, const int *n, float *a, const int *lda, int *ipiv, int *info);
+void sgetrs_(const char *trans, const int *n, const int *nrhs, const float *a, const int *lda, const int *ipiv,
+             float *b, const int *ldb, int *info);
 void sgecon_(const char *norm, const int *n, const float *a, const int *lda, const float *anorm, float *rcond,
              float *work, int *iwork, int *info);
 float slange_(const char *norm, const int *m, const int *n, const float *a, const int *lda, float *work);

@@ -23,7 +23,8 @@ public final class SafeTensorsWriter {
     public let fileSize: Int
     private let dataStart: Int
     private let indexByName: [String: Int]
-    private var written: [Bool]
+    /// Bytes received so far per tensor (chunks must not overlap; the engine writes disjoint row ranges).
+    private var writtenBytes: [Int]
     private var descriptor: Int32
     private var state = State.open
 
@@ -44,7 +45,7 @@ public final class SafeTensorsWriter {
         var index: [String: Int] = [:]
         for (i, info) in infos.enumerated() { index[info.name] = i }
         self.indexByName = index
-        self.written = Array(repeating: false, count: infos.count)
+        self.writtenBytes = Array(repeating: 0, count: infos.count)
 
         let (folder, name) = Self.split(path)
         var random = SystemRandomNumberGenerator()
@@ -72,21 +73,35 @@ public final class SafeTensorsWriter {
 
     deinit { abort() }
 
-    /// Writes the bytes of the declared tensor `name`.
+    /// Writes all the bytes of the declared tensor `name`.
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
         guard let index = indexByName[name] else { throw SafeTensorsError.writerUnknownTensor(file: path, tensor: name) }
         let tensor = tensors[index]
-        guard !written[index] else { throw SafeTensorsError.writerDuplicateTensor(file: path, tensor: name) }
+        guard writtenBytes[index] == 0 else { throw SafeTensorsError.writerDuplicateTensor(file: path, tensor: name) }
         guard bytes.count == tensor.byteCount else {
             throw SafeTensorsError.writerByteCount(file: path, tensor: name, expected: tensor.byteCount, actual: bytes.count)
         }
         try writeFully(bytes, at: dataStart + tensor.dataOffsets.lowerBound)
-        written[index] = true
+        writtenBytes[index] = bytes.count
+    }
+
+    /// Writes part of a tensor's bytes, starting `offset` bytes into the tensor. Chunks of one tensor must not
+    /// overlap; `finish()` checks that each tensor received exactly its byte count.
+    public func write(_ name: String, chunk: UnsafeRawBufferPointer, at offset: Int) throws {
+        guard let index = indexByName[name] else { throw SafeTensorsError.writerUnknownTensor(file: path, tensor: name) }
+        let tensor = tensors[index]
+        guard offset >= 0, offset + chunk.count <= tensor.byteCount,
+              writtenBytes[index] + chunk.count <= tensor.byteCount else {
+            throw SafeTensorsError.writerByteCount(file: path, tensor: name, expected: tensor.byteCount,
+                                                   actual: max(offset + chunk.count, writtenBytes[index] + chunk.count))
+        }
+        try writeFully(chunk, at: dataStart + tensor.dataOffsets.lowerBound + offset)
+        writtenBytes[index] += chunk.count
     }
 
     /// Checks that every tensor was written, syncs, and renames the file to its final name.
     public func finish(sync: Bool = true) throws {
-        let missing = zip(tensors, written).filter { !$0.1 }.map(\.0.name)
+        let missing = zip(tensors, writtenBytes).filter { $0.1 != $0.0.byteCount }.map(\.0.name)
         guard missing.isEmpty else { throw SafeTensorsError.writerIncomplete(file: path, missing: missing) }
         if sync && fsync(descriptor) != 0 {
             throw SafeTensorsError.io(file: path, operation: "fsync", reason: SafeTensorsFile.errnoText())

@@ -56,6 +56,14 @@ public struct StoredTensor: Sendable {
         }
     }
 
+    /// Drops the pages of `bytes` (a range within the tensor) from the resident set, for mapped tensors.
+    public func release(bytes range: Range<Int>) {
+        guard case .mapped(let view) = storage else { return }
+        let offsets = view.info.dataOffsets
+        view.file.release(TensorInfo(name: name, dtype: dtype, shape: [range.count / max(dtype.bitWidth / 8, 1)],
+                                     dataOffsets: offsets.lowerBound + range.lowerBound ..< offsets.lowerBound + range.upperBound))
+    }
+
     /// The values as Float32 (every adapter tensor is a float type; checked when the adapter is built).
     public func floats() throws -> [Float] {
         try withBytes { raw in

@@ -1,0 +1,407 @@
+import Foundation
+import SafeTensors
+
+/// Where a running merge is, for progress display.
+public struct MergeProgress: Sendable {
+    public let tensorsDone: Int
+    public let tensorsTotal: Int
+    public let bytesDone: Int
+    public let bytesTotal: Int
+    public let currentTensor: String
+}
+
+/// What a merge or unmerge did.
+public struct MergeSummary: Sendable {
+    public struct AdapterUse: Sendable {
+        public let source: String
+        public let method: AdapterMethod
+        public let variant: AdapterVariant
+        public let weight: Double
+        public let modules: Int
+    }
+
+    public let direction: MergeRequest.Direction
+    public let output: String
+    public let files: [String]
+    public let adapters: [AdapterUse]
+    /// Tensors changed by adapter modules.
+    public let transformed: Int
+    /// Tensors replaced whole by tensors the adapter carries.
+    public let replaced: Int
+    /// Tensors copied byte for byte.
+    public let copied: Int
+    /// Tensors copied with a dtype conversion.
+    public let converted: Int
+    public let bytesWritten: Int
+    public let seconds: Double
+    public let notes: [String]
+    /// Unmerge: an upper bound on |result − true base| over all unmerged elements (the merged file's rounding).
+    public let driftBound: Double?
+    /// Bat unmerge: the largest condition number of the systems I + B_j that were solved.
+    public let worstCondition: Double?
+}
+
+/// The streaming merge: one tensor at a time, decode → apply every adapter module that touches it → encode → write,
+/// in row slices of bounded size, so memory stays flat whatever the model's size. Untouched tensors are copied as
+/// bytes. Output appears under its final name only when complete.
+public enum MergeEngine {
+    /// Working-set size of one slice, in Float32 elements (16 MiB).
+    static let sliceElements = 4 << 20
+    /// Condition number above which an unmerge warns that the solve amplifies the merged file's rounding.
+    public static let conditionWarningThreshold = 1e4
+
+    public static func run(_ request: MergeRequest,
+                           progress: (@Sendable (MergeProgress) -> Void)? = nil) throws -> MergeSummary {
+        let start = Date()
+        let plan = try MergePlan.make(request)
+        let folder = try OutputFolder(finalPath: request.output, force: request.force)
+        var state = RunState(plan: plan, progress: progress)
+        for file in plan.files {
+            try write(file.name, tasks: file.tasks, into: folder, state: &state)
+        }
+        if plan.writesIndex { try writeIndex(plan, into: folder) }
+        try copySideFiles(plan, into: folder, notes: &state.notes)
+        try folder.publish()
+
+        var notes = plan.notes + state.notes
+        if let condition = state.worstCondition, condition > conditionWarningThreshold {
+            notes.append(String(format: "warning: I + B is ill-conditioned (condition number %.3g): the unmerged values "
+                + "can be off by that factor times the merged file's rounding", condition))
+        }
+        return MergeSummary(
+            direction: request.direction, output: folder.finalPath, files: plan.files.map(\.name)
+                + (plan.writesIndex ? [indexName(plan)] : []),
+            adapters: plan.adapters.enumerated().map { i, adapter in
+                MergeSummary.AdapterUse(source: adapter.source, method: adapter.method, variant: adapter.variant,
+                                        weight: request.weights[i], modules: adapter.modules.count)
+            },
+            transformed: state.transformed, replaced: state.replaced, copied: state.copied, converted: state.converted,
+            bytesWritten: state.bytesDone, seconds: Date().timeIntervalSince(start), notes: notes,
+            driftBound: request.direction == .unmerge ? state.driftBound : nil, worstCondition: state.worstCondition)
+    }
+
+    /// Counters and scratch buffers shared by the whole run.
+    private struct RunState {
+        let plan: MergePlan
+        let progress: (@Sendable (MergeProgress) -> Void)?
+        let tensorsTotal: Int
+        let bytesTotal: Int
+        var tensorsDone = 0
+        var bytesDone = 0
+        var transformed = 0, replaced = 0, copied = 0, converted = 0
+        var notes: [String] = []
+        var driftBound = 0.0
+        var worstCondition: Double?
+        var floats = [Float]()
+        var encoded = [UInt8]()
+
+        init(plan: MergePlan, progress: (@Sendable (MergeProgress) -> Void)?) {
+            self.plan = plan
+            self.progress = progress
+            tensorsTotal = plan.files.reduce(0) { $0 + $1.tasks.count }
+            bytesTotal = plan.files.reduce(0) { $0 + $1.tasks.reduce(0) { $0 + $1.outputBytes } }
+        }
+
+        mutating func finished(_ task: TensorTask) {
+            tensorsDone += 1
+            bytesDone += task.outputBytes
+            progress?(MergeProgress(tensorsDone: tensorsDone, tensorsTotal: tensorsTotal, bytesDone: bytesDone,
+                                    bytesTotal: bytesTotal, currentTensor: task.name))
+        }
+    }
+
+    private static func write(_ name: String, tasks: [TensorTask], into folder: OutputFolder,
+                              state: inout RunState) throws {
+        let metadata = tasks.first?.source?.file.metadata ?? [("format", "pt")]
+        let writer = try SafeTensorsWriter(path: folder.path(of: name),
+                                           tensors: tasks.map { TensorSpec(name: $0.name, dtype: $0.outputDType, shape: $0.shape) },
+                                           metadata: metadata)
+        let taskByName = Dictionary(uniqueKeysWithValues: tasks.map { ($0.name, $0) })
+        // In file order, so that the output is written front to back.
+        for info in writer.tensors {
+            let task = taskByName[info.name]!
+            if !task.steps.isEmpty {
+                try transform(task, writer: writer, state: &state)
+                state.transformed += 1
+            } else if let replacement = task.replacement {
+                try convert(replacement, name: task.name, to: task.outputDType, writer: writer, state: &state)
+                state.replaced += 1
+            } else {
+                try copy(task, to: writer, state: &state)
+            }
+            state.finished(task)
+        }
+        try writer.finish()
+    }
+
+    private static func copy(_ task: TensorTask, to writer: SafeTensorsWriter, state: inout RunState) throws {
+        let source = task.source!
+        if task.outputDType == source.info.dtype && task.name == source.info.name {
+            let view = try source.file.view(source.info)
+            try writer.write(task.name, bytes: view.bytes)
+            source.file.release(source.info)
+            state.copied += 1
+        } else {
+            try convert(StoredTensor(view: try source.file.view(source.info)), name: task.name, to: task.outputDType,
+                        writer: writer, state: &state)
+            source.file.release(source.info)
+            if task.outputDType != source.info.dtype { state.converted += 1 } else { state.copied += 1 }
+        }
+    }
+
+    /// Writes `tensor` as `dtype`, byte for byte when the dtype already matches, else through Float32 in slices.
+    private static func convert(_ tensor: StoredTensor, name: String, to dtype: DType, writer: SafeTensorsWriter,
+                                state: inout RunState) throws {
+        if tensor.dtype == dtype {
+            try tensor.withBytes { try writer.write(name, bytes: $0) }
+            return
+        }
+        let inSize = tensor.dtype.bitWidth / 8, outSize = dtype.bitWidth / 8
+        try tensor.withBytes { source in
+            var start = 0
+            while start < tensor.elementCount {
+                let count = min(sliceElements, tensor.elementCount - start)
+                try encodeSlice(count: count, dtype: dtype, state: &state) { floats in
+                    Codec.decode(UnsafeRawBufferPointer(rebasing: source[(start * inSize)...].prefix(count * inSize)),
+                                 as: tensor.dtype, into: floats)
+                } write: { bytes in
+                    try writer.write(name, chunk: bytes, at: start * outSize)
+                }
+                start += count
+            }
+        }
+    }
+
+    /// Fills the shared Float32 buffer, encodes it, and hands the bytes to `write`.
+    private static func encodeSlice(count: Int, dtype: DType, state: inout RunState,
+                                    fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
+                                    write: (UnsafeRawBufferPointer) throws -> Void) throws {
+        if state.floats.count < count { state.floats = [Float](repeating: 0, count: count) }
+        let outBytes = count * dtype.bitWidth / 8
+        if state.encoded.count < outBytes { state.encoded = [UInt8](repeating: 0, count: outBytes) }
+        try state.floats.withUnsafeMutableBufferPointer { floats in
+            let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
+            try fill(slice)
+            try state.encoded.withUnsafeMutableBytes { encoded in
+                Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
+                try write(UnsafeRawBufferPointer(rebasing: encoded[0..<outBytes]))
+            }
+        }
+    }
+
+    // MARK: Transforming
+
+    /// An adapter module decoded and ready to apply to row slices.
+    private enum Operation {
+        case lora(LoRA.Factors, LoRA.Layout, scale: Float)
+        case loraBias([Float], scale: Float)
+        case columnBlock([Float], rank: Int, scale: Float)
+        case bat([Float], rank: Int, scale: Float)
+        case removeBat(Bone.BatInverse)
+
+        /// Row slices must hold whole bands of r rows for Bat.
+        var rowAlignment: Int {
+            switch self {
+            case .bat(_, let rank, _): rank
+            case .removeBat(let inverse): inverse.rank
+            default: 1
+            }
+        }
+    }
+
+    private static func prepare(_ step: MergeStep, rows: Int, direction: MergeRequest.Direction,
+                                source: String) throws -> Operation {
+        let module = step.module
+        switch step.target {
+        case .lora(let layout):
+            let (a, b) = module.kind == .embedding
+                ? (module.tensors[.embeddingA]!, module.tensors[.embeddingB]!)
+                : (module.tensors[.loraA]!, module.tensors[.loraB]!)
+            return .lora(LoRA.Factors(a: try a.floats(), b: try b.floats(), rank: module.rank), layout, scale: step.scale)
+        case .loraBias:
+            return .loraBias(try module.tensors[.loraBias]!.floats(), scale: step.scale)
+        case .columnBlock:
+            var block = try module.block!.floats()
+            if let mini = module.miniRank {
+                block = MiSS.expandMini(block, rank: module.rank, miniRank: mini, outFeatures: rows)
+            }
+            return .columnBlock(block, rank: module.rank, scale: step.scale)
+        case .bat:
+            let blocks = try module.block!.floats()
+            guard direction == .unmerge else { return .bat(blocks, rank: module.rank, scale: step.scale) }
+            // The plan negates scales for unmerging; Bat's inverse is built from the merge-time scale.
+            switch Bone.BatInverse.prepare(blocks, rank: module.rank, scale: -step.scale) {
+            case .success(let inverse): return .removeBat(inverse)
+            case .failure(let singular):
+                throw PEFTKitError(.numerics, file: source, tensor: module.path,
+                                   "I + B for output band \(singular.band) is singular: this merge cannot be undone")
+            }
+        }
+    }
+
+    private static func transform(_ task: TensorTask, writer: SafeTensorsWriter, state: inout RunState) throws {
+        // The starting value: the base's, or the whole tensor an adapter carries in its place.
+        let start = try task.replacement ?? StoredTensor(view: try task.source!.file.view(task.source!.info))
+        let rows = task.shape.first ?? 1
+        let columns = task.shape.count == 2 ? task.shape[1] : (task.shape.first ?? 1)
+        let operations = try task.steps.map {
+            try prepare($0, rows: rows, direction: state.plan.request.direction, source: state.plan.adapters[$0.adapterIndex].source)
+        }
+        for case .removeBat(let inverse) in operations {
+            state.worstCondition = max(state.worstCondition ?? 0, Double(inverse.worstCondition))
+        }
+        if task.shape.count == 1 {
+            try transformVector(task, operations: operations, start: start, writer: writer, state: &state)
+            return
+        }
+        let alignment = operations.reduce(1) { lcm($0, $1.rowAlignment) }
+        let rowsPerSlice = max(alignment, sliceElements / max(columns, 1) / alignment * alignment)
+        let inSize = start.dtype.bitWidth / 8, outSize = task.outputDType.bitWidth / 8
+        let isUnmerge = state.plan.request.direction == .unmerge
+        let allowNonFinite = state.plan.request.allowNonFinite
+        var firstRow = 0
+        while firstRow < rows {
+            let rowRange = firstRow..<min(rows, firstRow + rowsPerSlice)
+            let count = rowRange.count * columns
+            var maxMagnitude: Float = 0
+            try encodeSlice(count: count, dtype: task.outputDType, state: &state) { floats in
+                try start.withBytes { raw in
+                    let bytes = UnsafeRawBufferPointer(rebasing: raw[(firstRow * columns * inSize)...].prefix(count * inSize))
+                    Codec.decode(bytes, as: start.dtype, into: floats)
+                }
+                if isUnmerge { maxMagnitude = largestMagnitude(floats) }
+                let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
+                for operation in operations { apply(operation, to: slice) }
+                try checkFinite(floats, task: task, firstRow: firstRow, columns: columns, allowed: allowNonFinite)
+            } write: { bytes in
+                try writer.write(task.name, chunk: bytes, at: firstRow * columns * outSize)
+            }
+            if isUnmerge {
+                state.driftBound = max(state.driftBound, driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType,
+                                                                    operations: operations))
+            }
+            start.release(bytes: firstRow * columns * inSize ..< rowRange.upperBound * columns * inSize)
+            firstRow = rowRange.upperBound
+        }
+    }
+
+    private static func transformVector(_ task: TensorTask, operations: [Operation], start: StoredTensor,
+                                        writer: SafeTensorsWriter, state: inout RunState) throws {
+        let count = task.shape[0]
+        let allowNonFinite = state.plan.request.allowNonFinite
+        try encodeSlice(count: count, dtype: task.outputDType, state: &state) { floats in
+            try start.withBytes { Codec.decode($0, as: start.dtype, into: floats) }
+            for case .loraBias(let bias, let scale) in operations { LoRA.applyBias(bias, scale: scale, to: floats) }
+            try checkFinite(floats, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
+        } write: { bytes in
+            try writer.write(task.name, bytes: bytes)
+        }
+    }
+
+    private static func apply(_ operation: Operation, to slice: WeightRows) {
+        switch operation {
+        case .lora(let factors, let layout, let scale): LoRA.apply(factors, scale: scale, layout: layout, to: slice)
+        case .columnBlock(let block, let rank, let scale): Bone.applyColumnBlock(block, rank: rank, scale: scale, to: slice)
+        case .bat(let blocks, let rank, let scale): Bone.applyBat(blocks, rank: rank, scale: scale, to: slice)
+        case .removeBat(let inverse): Bone.removeBat(inverse, from: slice)
+        case .loraBias: break  // vectors only
+        }
+    }
+
+    /// Refuses values that are not finite, or that the output dtype would round to infinity.
+    private static func checkFinite(_ values: UnsafeMutableBufferPointer<Float>, task: TensorTask, firstRow: Int,
+                                    columns: Int, allowed: Bool) throws {
+        guard !allowed else { return }
+        let limit: Float = switch task.outputDType {
+        case .f16: 65520  // the f16 rounding boundary to infinity
+        case .bf16: Float(bitPattern: 0x7F7F_8000)
+        default: .infinity
+        }
+        for (i, value) in values.enumerated() where !(value.magnitude < limit) {
+            let what = value.isFinite ? "\(value), beyond the largest \(task.outputDType.rawValue)" : "\(value)"
+            throw PEFTKitError(.numerics, tensor: task.name,
+                               "merged value at [\(firstRow + i / columns), \(i % columns)] is \(what) (--allow-non-finite to write it anyway)")
+        }
+    }
+
+    private static func largestMagnitude(_ values: UnsafeMutableBufferPointer<Float>) -> Float {
+        values.reduce(0) { max($0, $1.isFinite ? $1.magnitude : 0) }
+    }
+
+    /// Rounding the merged values cost at most half an ulp each; subtracting the change and rounding again adds half
+    /// an ulp more. A Bat solve can amplify the first half ulp by the condition number of I + B.
+    private static func driftBound(maxMagnitude: Float, dtype: DType, operations: [Operation]) -> Double {
+        let ulp = Comparison.ulp(at: Double(maxMagnitude), in: dtype)
+        let amplification = operations.reduce(1.0) { factor, operation in
+            if case .removeBat(let inverse) = operation { return factor * Double(inverse.worstCondition) }
+            return factor
+        }
+        return ulp / 2 * amplification + ulp / 2
+    }
+
+    private static func lcm(_ a: Int, _ b: Int) -> Int {
+        func gcd(_ x: Int, _ y: Int) -> Int { y == 0 ? x : gcd(y, x % y) }
+        return a / gcd(a, b) * b
+    }
+
+    // MARK: Folder contents
+
+    private static func indexName(_ plan: MergePlan) -> String {
+        plan.base.indexFileName ?? "model.safetensors.index.json"
+    }
+
+    private static func writeIndex(_ plan: MergePlan, into folder: OutputFolder) throws {
+        var metadata = plan.base.indexFileName.flatMap {
+            try? ShardIndex.read(path: (plan.base.folder as NSString).appendingPathComponent($0)).metadata
+        } ?? []
+        let total = plan.files.reduce(0) { $0 + $1.tasks.reduce(0) { $0 + $1.outputBytes } }
+        metadata.removeAll { $0.key == "total_size" }
+        metadata.append(("total_size", .integer(Int64(total))))
+        let weightMap = plan.files.flatMap { file in file.tasks.map { (tensor: $0.name, shard: file.name) } }
+        let text = ShardIndex(weightMap: weightMap, metadata: metadata).serialized()
+        try writeFile(text, to: folder.path(of: indexName(plan)))
+    }
+
+    /// Files that are not weights (config, tokenizer, generation config …) are copied so the output loads as a model.
+    private static func copySideFiles(_ plan: MergePlan, into folder: OutputFolder, notes: inout [String]) throws {
+        let base = plan.base
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: base.path, isDirectory: &isFolder), isFolder.boolValue else { return }
+        let weightFiles = Set(base.files.map { ($0.path as NSString).lastPathComponent } + [base.indexFileName].compactMap { $0 })
+        let otherWeightSuffixes = [".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".safetensors", ".safetensors.index.json"]
+        for name in try FileManager.default.contentsOfDirectory(atPath: base.folder).sorted() where !weightFiles.contains(name) {
+            let path = (base.folder as NSString).appendingPathComponent(name)
+            var entryIsFolder: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &entryIsFolder), entryIsFolder.boolValue {
+                notes.append("folder \(name) of the base was not copied")
+                continue
+            }
+            if otherWeightSuffixes.contains(where: { name.hasSuffix($0) }) {
+                notes.append("\(name) holds unmerged weights in another format and was not copied")
+                continue
+            }
+            if name == "config.json" && !plan.configChanges.isEmpty {
+                guard case .object(var members) = try AdapterLoader.readJSON(path) else { continue }
+                for (key, value) in plan.configChanges {
+                    if let index = members.firstIndex(where: { $0.key == key }) { members[index].value = value }
+                    else { members.append((key, value)) }
+                }
+                try writeFile(JSONValue.object(members).prettyText(indent: 2) + "\n", to: folder.path(of: name))
+                continue
+            }
+            do {
+                try FileManager.default.copyItem(atPath: path, toPath: folder.path(of: name))
+            } catch {
+                throw PEFTKitError(.io, file: path, "cannot copy into the output: \(error.localizedDescription)")
+            }
+        }
+    }
+
+    private static func writeFile(_ text: String, to path: String) throws {
+        do {
+            try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        } catch {
+            throw PEFTKitError(.io, file: path, "cannot write: \(error.localizedDescription)")
+        }
+    }
+}
