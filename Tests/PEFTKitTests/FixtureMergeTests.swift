@@ -24,3 +24,25 @@ func mergeMatchesPEFT(_ name: String) throws {
     let worst = comparisons.map(\.maxScaledULP).max() ?? 0
     print("\(name): \(identical) of \(elements) elements bit-identical to PEFT, max \(worst) ulp at operand scale")
 }
+
+/// Unmerging PEFT's merged checkpoint must come back to the base at least as closely as PEFT's own
+/// merge-then-unmerge does (fixtures' expected_unmerged), and within the bound peftkit reports.
+@Test(arguments: fixtureCaseNames())
+func unmergeOfPEFTMergedIsAtLeastAsCloseAsPEFT(_ name: String) throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let caseFolder = "\(fixtureCases)/\(name)"
+    let summary = try MergeEngine.run(MergeRequest(base: caseFolder + "/expected_merged.safetensors",
+                                                   adapters: [caseFolder + "/adapter"], output: folder + "/unmerged",
+                                                   direction: .unmerge))
+    let peftUnmerged = try Checkpoint(path: caseFolder + "/expected_unmerged.safetensors")
+    let names = Set(peftUnmerged.tensors.map(\.info.name))
+    let ours = try compareCheckpoints(actual: folder + "/unmerged", expected: caseFolder + "/base", names: names)
+    let peft = try compareCheckpoints(actual: caseFolder + "/expected_unmerged.safetensors", expected: caseFolder + "/base",
+                                      names: names)
+    let ourWorst = ours.map(\.maxAbsoluteError).max() ?? 0, peftWorst = peft.map(\.maxAbsoluteError).max() ?? 0
+    let ourDiffering = ours.reduce(0) { $0 + $1.differing }, peftDiffering = peft.reduce(0) { $0 + $1.differing }
+    #expect(ourWorst <= peftWorst, "\(name): peftkit drifts \(ourWorst), PEFT \(peftWorst)")
+    #expect(ourWorst <= summary.driftBound!, "\(name): drift \(ourWorst) above the reported bound \(summary.driftBound!)")
+    print("\(name): unmerge drift max \(ourWorst) over \(ourDiffering) elements; PEFT's own \(peftWorst) over \(peftDiffering)")
+}

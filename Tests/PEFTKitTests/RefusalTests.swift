@@ -1,0 +1,135 @@
+import Foundation
+import Testing
+import SafeTensors
+@testable import PEFTKit
+
+/// Every refusal happens before anything is written: no output folder, no temporary folder left behind.
+private func expectRefusal(_ kind: PEFTKitError.Kind, _ fragment: String, in folder: String,
+                           _ request: MergeRequest) {
+    do {
+        _ = try MergeEngine.run(request)
+        Issue.record("merge was not refused (expected \(fragment))")
+    } catch let error as PEFTKitError {
+        #expect(error.kind == kind, "\(error.localizedDescription)")
+        #expect(error.localizedDescription.contains(fragment), "\(error.localizedDescription)")
+    } catch {
+        Issue.record("unexpected error \(error)")
+    }
+    let left = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+    #expect(!left.contains { $0 == "out" || $0.hasPrefix(".peftkit-tmp-") }, "left behind: \(left)")
+}
+
+private func scratchWithBase(rows: Int = 6, columns: Int = 4) throws -> String {
+    let folder = makeScratchFolder()
+    try SyntheticModel(rows: rows, columns: columns, dtype: .bf16).write(to: folder + "/base")
+    return folder
+}
+
+private let lora = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4}"
+
+@Test func missingTargetModuleIsRefused() throws {
+    let folder = try scratchWithBase()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try writeAdapter(to: folder + "/adapter", config: lora, tensors: [
+        ("missing.lora_A.weight", [2, 4], [Float](repeating: 0.1, count: 8)),
+        ("missing.lora_B.weight", [6, 2], [Float](repeating: 0.1, count: 12))])
+    expectRefusal(.baseMismatch, "base has no tensor 'missing.weight'", in: folder,
+                  MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
+}
+
+@Test func shapeMismatchIsRefusedNamingTheModule() throws {
+    let folder = try scratchWithBase()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try writeAdapter(to: folder + "/adapter", config: lora, tensors: [
+        ("layer.lora_A.weight", [2, 5], [Float](repeating: 0.1, count: 10)),
+        ("layer.lora_B.weight", [6, 2], [Float](repeating: 0.1, count: 12))])
+    expectRefusal(.baseMismatch, "module 'layer': LoRA maps 5 → 6 features but the base weight has shape [6, 4]", in: folder,
+                  MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
+}
+
+@Test func nonFiniteAdapterValueIsRefusedUnlessAllowed() throws {
+    let folder = try scratchWithBase()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    var b = [Float](repeating: 0.1, count: 12)
+    b[5] = .nan
+    try writeAdapter(to: folder + "/adapter", config: lora, tensors: [
+        ("layer.lora_A.weight", [2, 4], [Float](repeating: 0.1, count: 8)), ("layer.lora_B.weight", [6, 2], b)])
+    expectRefusal(.numerics, "element 5 is nan", in: folder,
+                  MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
+    let summary = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"],
+                                                   output: folder + "/out", allowNonFinite: true))
+    #expect(summary.transformed == 1)
+    #expect(try readTensor(folder + "/out").values.contains { $0.isNaN })
+}
+
+@Test func mergedValueBeyondTheOutputDTypeIsRefused() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try SyntheticModel(rows: 6, columns: 4, dtype: .f16).write(to: folder + "/base")
+    try writeAdapter(to: folder + "/adapter", config: "{\"peft_type\": \"BONE\", \"r\": 2}", tensors: [
+        ("layer.bone_block", [2, 6], [Float](repeating: 70_000, count: 12))])
+    expectRefusal(.numerics, "beyond the largest F16", in: folder,
+                  MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
+}
+
+@Test func existingOutputIsKeptWithoutForceAndReplacedWithIt() throws {
+    let folder = try scratchWithBase()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try writeAdapter(to: folder + "/adapter", config: lora, tensors: [
+        ("layer.lora_A.weight", [2, 4], [Float](repeating: 0.1, count: 8)),
+        ("layer.lora_B.weight", [6, 2], [Float](repeating: 0.1, count: 12))])
+    try FileManager.default.createDirectory(atPath: folder + "/out", withIntermediateDirectories: false)
+    try Data("keep me".utf8).write(to: URL(fileURLWithPath: folder + "/out/precious.txt"))
+    do {
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
+        Issue.record("existing output was overwritten")
+    } catch let error as PEFTKitError {
+        #expect(error.kind == .io && error.localizedDescription.contains("--force"))
+    }
+    #expect(FileManager.default.fileExists(atPath: folder + "/out/precious.txt"))
+    _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out",
+                                         force: true))
+    #expect(!FileManager.default.fileExists(atPath: folder + "/out/precious.txt"))
+    #expect(try FileManager.default.contentsOfDirectory(atPath: folder + "/out").sorted() == ["config.json", "model.safetensors"])
+    #expect(try FileManager.default.contentsOfDirectory(atPath: folder).allSatisfy { !$0.hasPrefix(".peftkit-tmp-") })
+}
+
+@Test func inconsistentAdaptersListEveryProblem() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try writeAdapter(to: folder + "/adapter", config: lora, tensors: [
+        ("a.lora_A.weight", [3, 4], [Float](repeating: 0.1, count: 12)),   // rank 3, config says 2
+        ("a.lora_B.weight", [6, 2], [Float](repeating: 0.1, count: 12)),
+        ("b.lora_A.weight", [2, 4], [Float](repeating: 0.1, count: 8)),    // lora_B missing
+        ("c.something", [1], [0])])                                        // not a LoRA tensor
+    do {
+        _ = try AdapterLoader.load(folder + "/adapter")
+        Issue.record("accepted")
+    } catch let error as PEFTKitError {
+        #expect(error.kind == .inconsistentAdapter)
+        #expect(error.details.count == 3, "\(error.details)")
+        #expect(error.details.contains("module 'a': lora_A has 3 rows but the module's r is 2"))
+        #expect(error.details.contains("module 'b': missing tensor 'lora_B.weight'"))
+        #expect(error.details.contains { $0.contains("c.something") })
+    }
+}
+
+@Test(arguments: [
+    ("{\"peft_type\": \"LORA\", \"r\": 8.5, \"lora_alpha\": 16}", "field 'r' is 8.5; expected a positive integer"),
+    ("{\"peft_type\": \"LORA\", \"r\": 0, \"lora_alpha\": 16}", "field 'r' is 0; expected a positive integer"),
+    ("{\"peft_type\": \"LORA\", \"r\": \"8\", \"lora_alpha\": 16}", "field 'r' is the string \"8\""),
+    ("{\"peft_type\": \"LORA\", \"lora_alpha\": 16}", "missing required field 'r'"),
+    ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"use_dora\": true}", "not supported yet: DoRA"),
+    ("{\"peft_type\": \"IA3\", \"r\": 8}", "not supported yet: peft_type 'IA3'"),
+    ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_parameters\": [\"experts\"]}", "target_parameters"),
+    ("{\"peft_type\": \"BONE\", \"r\": 8, \"init_weights\": \"mini\"}", "field 'init_weights' is the string \"mini\""),
+    ("{\"peft_type\": \"MISS\", \"r\": 8, \"init_weights\": \"mini\"}", "missing required field 'mini_r'"),
+])
+func badConfigsAreRefusedNamingTheField(config: String, fragment: String) throws {
+    do {
+        _ = try PEFTConfig.parse(try StrictJSON.parse(Array(config.utf8), source: "c"), source: "c")
+        Issue.record("accepted \(config)")
+    } catch let error as PEFTKitError {
+        #expect(error.localizedDescription.contains(fragment), "\(error.localizedDescription)")
+    }
+}
