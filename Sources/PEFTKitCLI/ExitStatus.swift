@@ -64,8 +64,11 @@ public enum ExitStatus: Int32, CaseIterable, Sendable, Error {
         default:
             // The argument parser wraps its own errors in internal types; it knows whether they mean help (0) or
             // usage (64). Anything else is an error we forgot to classify.
-            let code = PeftkitCommand.exitCode(for: error).rawValue
-            self = ExitStatus(rawValue: code).flatMap { $0 == .checkFailed ? nil : $0 } ?? .internalError
+            switch PeftkitCommand.exitCode(for: error) {
+            case .success: self = .success
+            case .validationFailure: self = .usage
+            default: self = .internalError
+            }
         }
     }
 
