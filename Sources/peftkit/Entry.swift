@@ -1,8 +1,13 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import PEFTKitCLI
 
 @main
 struct Entry {
     static func main() async {
-        await PeftkitCommand.main()
+        exit(await PeftkitCommand.run(arguments: Array(CommandLine.arguments.dropFirst())))
     }
 }

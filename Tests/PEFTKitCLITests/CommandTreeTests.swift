@@ -1,6 +1,82 @@
 import Testing
 @testable import PEFTKitCLI
 
-@Test func rootCommandHasAName() {
+@Test func rootCommandHasTheFiveSubcommands() {
     #expect(PeftkitCommand.configuration.commandName == "peftkit")
+    let names = PeftkitCommand.configuration.subcommands.map { $0.configuration.commandName }
+    #expect(names == ["inspect", "merge", "unmerge", "convert", "verify"])
+}
+
+@Test(arguments: ["inspect", "merge", "unmerge", "convert", "verify"])
+func everySubcommandHasHelpThatTeaches(name: String) async {
+    for arguments in [[name, "--help"], ["help", name]] {
+        let run = await peftkit(arguments)
+        #expect(run.status == 0, "\(arguments)")
+        #expect(run.standardError.isEmpty)
+        #expect(run.standardOutput.contains("USAGE: peftkit \(name)"))
+        #expect(run.standardOutput.contains("Examples:\n  peftkit \(name)"))
+    }
+}
+
+@Test func rootHelpDocumentsEveryExitStatus() async {
+    let run = await peftkit("--help")
+    #expect(run.status == 0)
+    for status in ExitStatus.allCases {
+        let line = ExitStatus.summary.first { $0.status == status }
+        #expect(line != nil, "\(status) is not documented")
+        if let line {
+            #expect(run.standardOutput.contains("\n  \(status.rawValue)"), "\(status)")
+            #expect(run.standardOutput.contains(line.meaning), "\(status)")
+        }
+    }
+}
+
+@Test(arguments: [
+    ["merge", "base", "lora", "--output", "out"],
+    ["merge", "base", "a", "b", "--weight", "-1", "--weight", "0.5", "-o", "out", "--dtype", "bf16",
+     "--max-shard-size", "2GiB", "--force", "--allow-non-finite", "--json", "--quiet"],
+    ["unmerge", "merged", "lora", "--output", "out", "--check-against", "base", "--json", "-q"],
+    ["convert", "lora", "--to", "peftkit", "--output", "lora.safetensors", "--base", "base", "--force"],
+    ["convert", "lora", "--to", "peft", "--output", "lora-folder"],
+    ["verify"],
+    ["verify", "fixtures/a", "fixtures/b", "--json"],
+])
+func commandsOfLaterIssuesParseThenSayTheyAreNotAvailable(arguments: [String]) async {
+    let run = await peftkit(arguments)
+    #expect(run.status == ExitStatus.unsupported.rawValue)
+    #expect(run.standardOutput.isEmpty)
+    #expect(run.standardError == "peftkit \(arguments[0]): not available yet in this build\n")
+}
+
+@Test(arguments: [
+    (["merge", "base", "a", "b", "--weight", "1", "-o", "out"], "--weight"),
+    (["merge", "base", "a", "--weight", "nan", "-o", "out"], "--weight"),
+    (["merge", "base", "a", "-o", "out", "--dtype", "f8"], "--dtype"),
+    (["merge", "base", "a", "-o", "out", "--max-shard-size", "lots"], "--max-shard-size"),
+    (["merge", "base", "-o", "out"], "<adapter>"),
+    (["merge", "base", "a"], "--output"),
+    (["merge", "base", "a", "-o", "base"], "also an input"),
+    (["unmerge", "merged", "lora", "-o", "./lora"], "also an input"),
+    (["convert", "lora", "--to", "onnx", "-o", "x"], "--to"),
+    (["convert", "lora", "--to", "peft", "-o", "x", "--base", "b"], "--base"),
+    (["inspect"], "<path>"),
+    (["inspect", "x", "--frobnicate"], "--frobnicate"),
+    (["frobnicate"], "frobnicate"),
+])
+func usageErrorsExitWith64AndShowTheUsage(arguments: [String], mention: String) async {
+    let run = await peftkit(arguments)
+    #expect(run.status == 64, "\(arguments)")
+    #expect(run.standardOutput.isEmpty)
+    #expect(run.standardError.hasPrefix("Error: "), "\(run.standardError)")
+    #expect(run.standardError.contains(mention), "\(run.standardError)")
+    #expect(run.standardError.contains("Usage: peftkit"))
+}
+
+@Test func versionAndBareCommandExitCleanly() async {
+    let version = await peftkit("--version")
+    #expect(version.status == 0)
+    #expect(version.standardOutput == "0.1.0\n")
+    let bare = await peftkit([])
+    #expect(bare.status == 0)
+    #expect(bare.standardOutput.contains("SUBCOMMANDS:"))
 }

@@ -1,0 +1,96 @@
+import SafeTensors
+
+/// The `inspect --json` report, schema `peftkit.inspect/1` (spec/inspect-output.md).
+///
+/// Every tensor is listed, whatever the count. Keys are written in a fixed order, so two runs on the same input
+/// produce the same bytes.
+enum InspectJSONReport {
+    static let schema = "peftkit.inspect/1"
+
+    static func render(_ inspection: CheckpointInspection) -> String {
+        document(inspection).prettyText(indent: 2) + "\n"
+    }
+
+    static func document(_ inspection: CheckpointInspection) -> JSONValue {
+        .object([
+            ("schema", .string(schema)),
+            ("path", .string(inspection.path)),
+            ("kind", .string(inspection.kind.rawValue)),
+            ("sharded", .bool(inspection.isSharded)),
+            ("files", .array(inspection.files.map(file))),
+            ("index", inspection.index.map(index) ?? .null),
+            ("tensor_count", integer(inspection.tensors.count)),
+            ("parameters", integer(inspection.parameterCount)),
+            ("bytes", integer(inspection.byteCount)),
+            ("dtypes", .object(inspection.dtypeHistogram
+                .sorted { $0.dtype.rawValue < $1.dtype.rawValue }
+                .map { ($0.dtype.rawValue, integer($0.count)) })),
+            ("metadata", stringObject(inspection.sharedMetadata)),
+            ("statistics", .bool(inspection.includesStatistics)),
+            ("tensors", .array(inspection.tensors.map { tensor($0, statistics: inspection.includesStatistics) })),
+        ])
+    }
+
+    static func file(_ file: CheckpointInspection.File) -> JSONValue {
+        .object([
+            ("name", .string(file.name)),
+            ("size", integer(file.size)),
+            ("header_length", integer(file.headerLength)),
+            ("tensor_count", integer(file.tensorCount)),
+            ("metadata", file.metadata.map(stringObject) ?? .null),
+        ])
+    }
+
+    static func index(_ index: CheckpointInspection.Index) -> JSONValue {
+        .object([
+            ("name", .string(index.name)),
+            ("metadata", .object(index.metadata)),
+        ])
+    }
+
+    static func tensor(_ tensor: CheckpointInspection.Tensor, statistics: Bool) -> JSONValue {
+        var members: [(key: String, value: JSONValue)] = [
+            ("name", .string(tensor.name)),
+            ("dtype", .string(tensor.dtype.rawValue)),
+            ("shape", .array(tensor.shape.map(integer))),
+            ("parameters", integer(tensor.elementCount)),
+            ("bytes", integer(tensor.byteCount)),
+            ("file", .string(tensor.fileName)),
+        ]
+        if statistics {
+            members.append(("stats", tensor.statistics.map(self.statistics) ?? .null))
+        }
+        return .object(members)
+    }
+
+    static func statistics(_ stats: TensorStatistics) -> JSONValue {
+        .object([
+            ("finite", integer(stats.finiteCount)),
+            ("nan", integer(stats.nanCount)),
+            ("inf", integer(stats.infinityCount)),
+            ("min", stats.minimum.map(number) ?? .null),
+            ("max", stats.maximum.map(number) ?? .null),
+            ("mean", stats.mean.map(number) ?? .null),
+            ("std", stats.standardDeviation.map(number) ?? .null),
+        ])
+    }
+
+    // MARK: Values
+
+    static func integer(_ value: Int) -> JSONValue { .integer(Int64(value)) }
+
+    static func stringObject(_ pairs: [(key: String, value: String)]) -> JSONValue {
+        .object(pairs.map { ($0.key, .string($0.value)) })
+    }
+
+    /// A Float32 as the shortest decimal that reads back as the same Float32 (`0.1`, not `0.10000000149011612`).
+    static func number(_ value: Float) -> JSONValue {
+        value.isFinite ? .number(Double(value), literal: value.description) : .null
+    }
+
+    /// A Double as the shortest decimal that reads back as the same Double. Swift writes `1e-05` and `3.0`, both
+    /// valid JSON numbers; non-finite values (never produced by the statistics) would become null.
+    static func number(_ value: Double) -> JSONValue {
+        value.isFinite ? .number(value, literal: value.description) : .null
+    }
+}

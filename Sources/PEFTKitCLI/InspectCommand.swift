@@ -1,0 +1,61 @@
+import ArgumentParser
+import Foundation
+import PEFTKit
+
+/// `peftkit inspect PATH [--json] [--stats] [--all]`.
+struct InspectCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inspect",
+        abstract: "Describe a safetensors file, a model folder or an adapter: tensors, dtypes, shapes, sizes.",
+        discussion: """
+            By default only the headers are read: inspecting a checkpoint of many gigabytes takes milliseconds and \
+            touches no tensor data. --stats reads every tensor and adds its minimum, maximum, mean, standard \
+            deviation (over the finite values) and the number of NaN and infinite values.
+
+            The report starts with a summary (files, tensor and parameter counts, bytes, dtypes, metadata), then \
+            lists the tensors in storage order. Above 40 tensors the list shows the first 20 and the last 10; \
+            --all shows every one. --json always lists every tensor (schema: spec/inspect-output.md).
+
+            Tensor names and metadata come from the file and are untrusted: control characters are shown \
+            escaped, as \\u{1b}.
+
+            Examples:
+              peftkit inspect model.safetensors
+              peftkit inspect ./TinyLlama-1.1B --all
+              peftkit inspect ./TinyLlama-1.1B --stats
+              peftkit inspect ./my-lora --json | jq '.parameters'
+            """
+    )
+
+    @Argument(help: ArgumentHelp(
+        "A .safetensors file, a model folder (one file, or shards with their index), or an adapter folder or file.",
+        valueName: "path"))
+    var path: String
+
+    @OptionGroup var format: JSONOutputOption
+
+    @Flag(help: "Also read every tensor and report min, max, mean, std, NaN and Inf counts (reads all the data).")
+    var stats = false
+
+    @Flag(help: "List every tensor and file instead of shortening long lists.")
+    var all = false
+
+    init() {}
+
+    func run() async throws {
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw PEFTKitError(.io, file: path, "no such file or folder")
+        }
+        let inspection: CheckpointInspection
+        switch InspectSubject.classify(path) {
+        case .checkpoint(let kind):
+            inspection = try CheckpointInspection(path: path, kind: kind, statistics: stats)
+        case .adapter:
+            // Adapter reporting (method, modules, ranks, consistency) arrives with the adapters issue.
+            inspection = try CheckpointInspection(path: path, kind: .adapter, statistics: stats)
+        }
+        Console.current.output(format.json
+            ? InspectJSONReport.render(inspection)
+            : InspectTextReport.render(inspection, showAll: all))
+    }
+}

@@ -1,0 +1,97 @@
+import ArgumentParser
+import Foundation
+import SafeTensors
+
+/// `peftkit merge BASE ADAPTER [ADAPTER ...] --output DIR …`: the argument surface is final; the engine arrives with
+/// the merge issue.
+struct MergeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge",
+        abstract: "Merge one or more adapters into a base model and write the merged model.",
+        discussion: """
+            Streams the base model tensor by tensor: each adapted weight is decoded to Float32, its adapter \
+            deltas are added (LoRA, Bone, MiSS, each as HF PEFT applies it), and the result is rounded once to the \
+            output dtype. Tensors no adapter touches are copied unchanged. Memory stays near the size of the \
+            largest tensor, whatever the size of the model.
+
+            With several adapters, each delta is scaled by its --weight (1 when not given) and all are applied to \
+            the same base weight, in the order given.
+
+            The output folder is written like transformers' save_pretrained: shards of at most --max-shard-size \
+            with a model.safetensors.index.json, or a single model.safetensors. DIR must not exist unless --force.
+
+            Examples:
+              peftkit merge ./TinyLlama-1.1B ./my-lora --output ./merged
+              peftkit merge ./base ./style ./task --weight 0.7 --weight 1 -o ./merged
+              peftkit merge ./base ./my-bone -o ./merged --dtype f32 --max-shard-size 2GB
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The base model: a folder (one file or shards) or a .safetensors file.",
+                                 valueName: "base"))
+    var base: String
+
+    @Argument(help: ArgumentHelp("The adapters to merge: PEFT folders or peftkit files.", valueName: "adapter"))
+    var adapters: [String]
+
+    @OptionGroup var output: OutputOptions
+
+    // Unconditional, so that a negative weight (`--weight -1`) is read as a value, not as an option.
+    @Option(name: .customLong("weight"), parsing: .unconditionalSingleValue, help: ArgumentHelp(
+        "Scale of an adapter's delta; give it once per adapter, in the same order (default: 1 for every adapter).",
+        valueName: "w"))
+    var weights: [Double] = []
+
+    @Option(help: ArgumentHelp("Element type of the merged tensors; keep leaves each in its base tensor's dtype.",
+                               valueName: "dtype"))
+    var dtype: OutputDType = .keep
+
+    @Option(help: ArgumentHelp(
+        "Largest shard to write, as transformers spells it: 5GB, 500MB (powers of 1000), 2GiB (powers of 1024), or bytes.",
+        valueName: "size"))
+    var maxShardSize: String = "5GB"
+
+    @Flag(help: "Write the result even if a merged weight holds NaN or Inf (by default the merge stops with status 6).")
+    var allowNonFinite = false
+
+    @OptionGroup var report: JSONOutputOption
+    @OptionGroup var progress: ProgressOptions
+
+    init() {}
+
+    func validate() throws {
+        guard !adapters.isEmpty else { throw ValidationError("Give at least one ADAPTER to merge into BASE.") }
+        if !weights.isEmpty && weights.count != adapters.count {
+            throw ValidationError(
+                "Got \(weights.count) --weight value\(weights.count == 1 ? "" : "s") for \(adapters.count) adapter\(adapters.count == 1 ? "" : "s"): give one per adapter, or none.")
+        }
+        if let bad = weights.first(where: { !$0.isFinite }) {
+            throw ValidationError("--weight \(bad) is not a finite number.")
+        }
+        try PathArguments.validateShardSize(maxShardSize)
+        try PathArguments.validateDistinct(output: output.output, inputs: [base] + adapters)
+    }
+
+    func run() async throws {
+        throw CommandNotAvailable(commandName: "merge")
+    }
+}
+
+/// Checks shared by the commands that read inputs and write an output.
+enum PathArguments {
+    /// Refuses to write over an input: `--output` naming BASE or an adapter would destroy it.
+    static func validateDistinct(output: String, inputs: [String]) throws {
+        let target = URL(fileURLWithPath: output).standardizedFileURL.resolvingSymlinksInPath().path
+        for input in inputs where URL(fileURLWithPath: input).standardizedFileURL.resolvingSymlinksInPath().path == target {
+            throw ValidationError("--output \(TerminalText.escaped(output)) is also an input; write the result somewhere else.")
+        }
+    }
+
+    static func validateShardSize(_ text: String) throws {
+        do {
+            _ = try ShardPlanner.parseSize(text)
+        } catch let error as SafeTensorsError {
+            throw ValidationError("--max-shard-size: " + (error.errorDescription ?? "invalid size"))
+        }
+    }
+}

@@ -1,0 +1,44 @@
+import ArgumentParser
+
+/// `--json`: the machine-readable report on standard output instead of the human one.
+struct JSONOutputOption: ParsableArguments {
+    @Flag(help: "Write the report as JSON on standard output (schemas in spec/).")
+    var json = false
+}
+
+/// `--output PATH` and `--force`, for every command that writes.
+struct OutputOptions: ParsableArguments {
+    @Option(name: [.short, .long], help: ArgumentHelp(
+        "Where to write the result. It must not exist yet, unless --force is given.", valueName: "path"))
+    var output: String
+
+    @Flag(help: "Replace the output if it exists already (written beside it first, swapped in only when complete).")
+    var force = false
+
+    func validate() throws {
+        guard !output.isEmpty else { throw ValidationError("--output needs a path.") }
+    }
+}
+
+/// `--quiet`, for the long-running commands that report progress on standard error.
+struct ProgressOptions: ParsableArguments {
+    @Flag(name: [.short, .long], help: "Do not report progress on standard error (errors are still reported).")
+    var quiet = false
+}
+
+/// Element type of written tensors.
+enum OutputDType: String, ExpressibleByArgument, CaseIterable, Sendable {
+    /// Each tensor keeps the dtype of the base tensor it replaces.
+    case keep
+    case bf16
+    case f16
+    case f32
+}
+
+/// Format of a converted adapter.
+enum AdapterFormatChoice: String, ExpressibleByArgument, CaseIterable, Sendable {
+    /// A PEFT folder: adapter_config.json + adapter_model.safetensors, loadable by HF PEFT.
+    case peft
+    /// A single peftkit file (spec/adapter-format.md): config and tensors together, optionally tied to its base.
+    case peftkit
+}

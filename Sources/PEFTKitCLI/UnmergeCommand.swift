@@ -1,0 +1,49 @@
+import ArgumentParser
+
+/// `peftkit unmerge MERGED ADAPTER --output DIR …`: the argument surface is final; the engine arrives with the
+/// unmerge issue.
+struct UnmergeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "unmerge",
+        abstract: "Remove an adapter from a merged model, recovering the base model.",
+        discussion: """
+            Streams MERGED tensor by tensor and subtracts the adapter's delta from every adapted weight (for Bat, \
+            solves for the original tile instead of inverting). Tensors the adapter does not touch are copied \
+            unchanged; the output keeps MERGED's dtypes and sharding.
+
+            Unmerging is not exact in general: the merged weights were rounded to their dtype once already. The drift is \
+            reported, never hidden. With --check-against BASE, every recovered weight is compared with the \
+            original, and the report gives the largest absolute and relative differences per tensor.
+
+            Examples:
+              peftkit unmerge ./merged ./my-lora --output ./recovered
+              peftkit unmerge ./merged ./my-lora -o ./recovered --check-against ./base
+            """
+    )
+
+    @Argument(help: ArgumentHelp("The merged model: a folder or a .safetensors file.", valueName: "merged"))
+    var merged: String
+
+    @Argument(help: ArgumentHelp("The adapter that was merged into it: a PEFT folder or a peftkit file.",
+                                 valueName: "adapter"))
+    var adapter: String
+
+    @OptionGroup var output: OutputOptions
+
+    @Option(help: ArgumentHelp("The original base model, to measure how far the recovered weights drift from it.",
+                               valueName: "base"))
+    var checkAgainst: String?
+
+    @OptionGroup var report: JSONOutputOption
+    @OptionGroup var progress: ProgressOptions
+
+    init() {}
+
+    func validate() throws {
+        try PathArguments.validateDistinct(output: output.output, inputs: [merged, adapter] + (checkAgainst.map { [$0] } ?? []))
+    }
+
+    func run() async throws {
+        throw CommandNotAvailable(commandName: "unmerge")
+    }
+}
