@@ -1,4 +1,5 @@
 import ArgumentParser
+import PEFTKit
 import Foundation
 import SafeTensors
 
@@ -17,8 +18,10 @@ struct MergeCommand: AsyncParsableCommand {
             With several adapters, each delta is scaled by its --weight (1 when not given) and all are applied to \
             the same base weight, in the order given.
 
-            The output folder is written like transformers' save_pretrained: shards of at most --max-shard-size \
-            with a model.safetensors.index.json, or a single model.safetensors. DIR must not exist unless --force.
+            DIR gets the base's layout (the same shards and index) and every other file of the base folder \
+            (config.json, tokenizer files …), so transformers loads it as it loads the base. --max-shard-size \
+            re-shards like save_pretrained instead. The output is built beside DIR and moved into place only when \
+            complete; DIR must not exist unless --force.
 
             Examples:
               peftkit merge ./TinyLlama-1.1B ./my-lora --output ./merged
@@ -47,9 +50,9 @@ struct MergeCommand: AsyncParsableCommand {
     var dtype: OutputDType = .keep
 
     @Option(help: ArgumentHelp(
-        "Largest shard to write, as transformers spells it: 5GB, 500MB (powers of 1000), 2GiB (powers of 1024), or bytes.",
+        "Re-shard the output: largest shard as transformers spells it, 5GB, 500MB (powers of 1000), 2GiB (powers of 1024), or bytes (default: the base's own shards).",
         valueName: "size"))
-    var maxShardSize: String = "5GB"
+    var maxShardSize: String?
 
     @Flag(help: "Write the result even if a merged weight holds NaN or Inf (by default the merge stops with status 6).")
     var allowNonFinite = false
@@ -68,12 +71,30 @@ struct MergeCommand: AsyncParsableCommand {
         if let bad = weights.first(where: { !$0.isFinite }) {
             throw ValidationError("--weight \(bad) is not a finite number.")
         }
-        try PathArguments.validateShardSize(maxShardSize)
+        if let maxShardSize { try PathArguments.validateShardSize(maxShardSize) }
         try PathArguments.validateDistinct(output: output.output, inputs: [base] + adapters)
     }
 
     func run() async throws {
-        throw CommandNotAvailable(commandName: "merge")
+        let request = MergeRequest(
+            base: base, adapters: adapters, weights: weights.isEmpty ? nil : weights, output: output.output,
+            outputDType: dtype.dtype, maxShardSize: try maxShardSize.map(ShardPlanner.parseSize),
+            force: output.force, allowNonFinite: allowNonFinite)
+        try MergeRunner.run(request, json: report.json, quiet: progress.quiet)
+    }
+}
+
+/// Runs the engine with progress and prints the summary; shared by merge and unmerge.
+enum MergeRunner {
+    static func run(_ request: MergeRequest, json: Bool, quiet: Bool, checkAgainst: String? = nil) throws {
+        let console = Console.current
+        let bar = ProgressBar.make(quiet: quiet || json, console: console)
+        var report: (@Sendable (MergeProgress) -> Void)?
+        if let bar { report = { progress in bar.update(progress) } }
+        defer { bar?.finish() }
+        let summary = try MergeEngine.run(request, progress: report)
+        let check = try checkAgainst.map { try MergeEngine.compare(summary.output, against: $0, tensors: summary.transformedTensors) }
+        console.output(json ? MergeReport.json(summary, check: check) : MergeReport.text(summary, base: request.base, check: check))
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import SafeTensors
 
 /// `--json`: the machine-readable report on standard output instead of the human one.
 struct JSONOutputOption: ParsableArguments {
@@ -33,6 +34,16 @@ enum OutputDType: String, ExpressibleByArgument, CaseIterable, Sendable {
     case bf16
     case f16
     case f32
+
+    /// The dtype to write, or nil to keep each tensor's own.
+    var dtype: DType? {
+        switch self {
+        case .keep: nil
+        case .bf16: .bf16
+        case .f16: .f16
+        case .f32: .f32
+        }
+    }
 }
 
 /// Format of a converted adapter.

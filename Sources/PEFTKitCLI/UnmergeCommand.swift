@@ -1,4 +1,5 @@
 import ArgumentParser
+import PEFTKit
 
 /// `peftkit unmerge MERGED ADAPTER --output DIR …`: the argument surface is final; the engine arrives with the
 /// unmerge issue.
@@ -44,6 +45,8 @@ struct UnmergeCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        throw CommandNotAvailable(commandName: "unmerge")
+        let request = MergeRequest(base: merged, adapters: [adapter], output: output.output, direction: .unmerge,
+                                   force: output.force)
+        try MergeRunner.run(request, json: report.json, quiet: progress.quiet, checkAgainst: checkAgainst)
     }
 }

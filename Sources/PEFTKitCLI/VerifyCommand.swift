@@ -1,4 +1,5 @@
 import ArgumentParser
+import PEFTKit
 
 /// `peftkit verify [PATH ...] [--json]`: the argument surface is final; the checks arrive with the fixtures issue.
 struct VerifyCommand: AsyncParsableCommand {
@@ -7,15 +8,16 @@ struct VerifyCommand: AsyncParsableCommand {
         abstract: "Check peftkit against reference outputs produced by HF PEFT.",
         discussion: """
             Each PATH is a fixtures folder (default: fixtures) or a single case inside one. A case holds a small \
-            base model, an adapter and the outputs real HF PEFT produced from them (merged weights, unmerged \
-            weights). peftkit redoes each operation and compares its result with the reference under the \
-            tolerance policy of spec/tolerance.md, then prints one line per case.
+            base model, an adapter and the outputs real HF PEFT produced from them. For each case peftkit merges \
+            and compares with PEFT's merged weights, applies its merged layers to the stored inputs and compares \
+            with PEFT's own unmerged adapter outputs, and unmerges PEFT's merged weights and compares the drift \
+            with PEFT's own. Tolerances follow spec/tolerance.md. One line per check, then "N passed, M failed".
 
-            Exit status 0 when every case agrees, 1 when any case differs, 2 when a case is malformed.
+            Exit status 0 when every check passes, 1 when a check fails, 2 when a case cannot be read.
 
             Examples:
               peftkit verify
-              peftkit verify fixtures/lora-basic fixtures/bone-bat
+              peftkit verify fixtures/cases/lora-llama-f32 fixtures/cases/bat-llama-f32
               peftkit verify --json > verify-report.json
             """
     )
@@ -28,6 +30,18 @@ struct VerifyCommand: AsyncParsableCommand {
     init() {}
 
     func run() async throws {
-        throw CommandNotAvailable(commandName: "verify")
+        var checks: [VerificationCheck] = []
+        var broken: [VerifyReport.Broken] = []
+        for caseFolder in try FixtureVerifier.findCases(paths) {
+            do {
+                checks += try FixtureVerifier.verify(caseFolder: caseFolder)
+            } catch {
+                broken.append(.init(caseFolder: caseFolder, message: error.localizedDescription))
+            }
+        }
+        let console = Console.current
+        console.output(report.json ? VerifyReport.json(checks, broken: broken) : VerifyReport.text(checks, broken: broken))
+        if !broken.isEmpty { throw ExitStatus.invalidInput }
+        if checks.contains(where: { !$0.passed }) { throw ExitStatus.checkFailed }
     }
 }

@@ -26,6 +26,8 @@ public struct MergeSummary: Sendable {
     public let adapters: [AdapterUse]
     /// Tensors changed by adapter modules.
     public let transformed: Int
+    /// Their names, in output order.
+    public let transformedTensors: [String]
     /// Tensors replaced whole by tensors the adapter carries.
     public let replaced: Int
     /// Tensors copied byte for byte.
@@ -72,10 +74,10 @@ public enum MergeEngine {
             direction: request.direction, output: folder.finalPath, files: plan.files.map(\.name)
                 + (plan.writesIndex ? [indexName(plan)] : []),
             adapters: plan.adapters.enumerated().map { i, adapter in
-                MergeSummary.AdapterUse(source: adapter.source, method: adapter.method, variant: adapter.variant,
+                MergeSummary.AdapterUse(source: request.adapters[i], method: adapter.method, variant: adapter.variant,
                                         weight: request.weights[i], modules: adapter.modules.count)
             },
-            transformed: state.transformed, replaced: state.replaced, copied: state.copied, converted: state.converted,
+            transformed: state.transformed, transformedTensors: state.transformedTensors, replaced: state.replaced, copied: state.copied, converted: state.converted,
             bytesWritten: state.bytesDone, seconds: Date().timeIntervalSince(start), notes: notes,
             driftBound: request.direction == .unmerge ? state.driftBound : nil, worstCondition: state.worstCondition)
     }
@@ -89,6 +91,7 @@ public enum MergeEngine {
         var tensorsDone = 0
         var bytesDone = 0
         var transformed = 0, replaced = 0, copied = 0, converted = 0
+        var transformedTensors: [String] = []
         var notes: [String] = []
         var driftBound = 0.0
         var worstCondition: Double?
@@ -123,6 +126,7 @@ public enum MergeEngine {
             if !task.steps.isEmpty {
                 try transform(task, writer: writer, state: &state)
                 state.transformed += 1
+                state.transformedTensors.append(task.name)
             } else if let replacement = task.replacement {
                 try convert(replacement, name: task.name, to: task.outputDType, writer: writer, state: &state)
                 state.replaced += 1
@@ -342,6 +346,27 @@ public enum MergeEngine {
     private static func lcm(_ a: Int, _ b: Int) -> Int {
         func gcd(_ x: Int, _ y: Int) -> Int { y == 0 ? x : gcd(y, x % y) }
         return a / gcd(a, b) * b
+    }
+
+    /// Compares the named tensors of two checkpoints (e.g. an unmerged model against the true base), with the
+    /// tolerance policy's magnitude rule.
+    public static func compare(_ actualPath: String, against referencePath: String,
+                               tensors names: [String]) throws -> [TensorComparison] {
+        let actual = try Checkpoint(path: actualPath), reference = try Checkpoint(path: referencePath)
+        return try names.map { name in
+            guard let want = reference.location(of: name) else {
+                throw PEFTKitError(.baseMismatch, file: referencePath, tensor: name, "not in this checkpoint")
+            }
+            let got = try actual.view(name)
+            guard got.info.dtype == want.info.dtype, got.info.shape == want.info.shape, want.info.dtype.isArithmetic else {
+                throw PEFTKitError(.baseMismatch, file: referencePath, tensor: name,
+                                   "is \(want.info.dtype.rawValue) \(want.info.shape), the result \(got.info.dtype.rawValue) \(got.info.shape)")
+            }
+            let expected = try want.file.view(want.info)
+            return Comparison.compare(name: name, dtype: want.info.dtype, count: want.info.elementCount,
+                                      actual: got.bytes, expected: expected.bytes,
+                                      floorAtTensorMaximum: Comparison.floorsAtTensorMaximum(want.info.dtype))
+        }
     }
 
     // MARK: Folder contents
