@@ -76,7 +76,16 @@ public enum Codec {
         let count = destination.count
         precondition(source.count >= count * dtype.bitWidth / 8, "source too small for \(count) \(dtype.rawValue)")
         guard count > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return }
+        // Aligned 16-bit data (the norm: safetensors offsets are multiples of the element size) takes typed loops the
+        // compiler vectorises; unaligned data falls back to byte-wise loads.
+        let aligned16 = Int(bitPattern: src) % 2 == 0
         switch dtype {
+        case .bf16 where aligned16:
+            let bits = src.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { dst[i] = float(fromBF16: UInt16(littleEndian: bits[i])) }
+        case .f16 where aligned16:
+            let bits = src.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { dst[i] = float(fromF16: UInt16(littleEndian: bits[i])) }
         case .bf16:
             for i in 0..<count { dst[i] = float(fromBF16: src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) }
         case .f16:
@@ -112,7 +121,14 @@ public enum Codec {
         let count = source.count
         precondition(destination.count >= count * dtype.bitWidth / 8, "destination too small")
         guard count > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return }
+        let aligned16 = Int(bitPattern: dst) % 2 == 0
         switch dtype {
+        case .bf16 where aligned16:
+            let bits = dst.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { bits[i] = bf16(from: src[i]).littleEndian }
+        case .f16 where aligned16:
+            let bits = dst.assumingMemoryBound(to: UInt16.self)
+            for i in 0..<count { bits[i] = f16(from: src[i]).littleEndian }
         case .bf16:
             for i in 0..<count { dst.storeBytes(of: bf16(from: src[i]), toByteOffset: 2 * i, as: UInt16.self) }
         case .f16:

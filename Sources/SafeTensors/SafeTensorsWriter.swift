@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
 
 /// Writes one safetensors file, tensor by tensor, without ever holding the whole file in memory.
 ///
@@ -10,7 +11,10 @@ import Darwin
 /// order. The file is written under a temporary name in the destination folder, synced, and renamed into place by
 /// `finish()`; a writer that is dropped or aborted before that removes its temporary file.
 /// The layout is the one of `safetensors.save_file`, so the same tensors and metadata give the same bytes.
-public final class SafeTensorsWriter {
+/// Different tensors (or disjoint chunks of one) may be written from several threads at once.
+public final class SafeTensorsWriter: @unchecked Sendable {
+    // @unchecked: the bookkeeping (`writtenBytes`, `state`, `descriptor`) is only touched under `lock`; the data
+    // itself goes out with pwrite at fixed offsets, which needs no lock.
     /// Prefix of temporary files, so that stale ones (after a crash) can be recognised.
     public static let temporaryPrefix = ".peftkit-tmp-"
 
@@ -25,6 +29,7 @@ public final class SafeTensorsWriter {
     private let indexByName: [String: Int]
     /// Bytes received so far per tensor (chunks must not overlap; the engine writes disjoint row ranges).
     private var writtenBytes: [Int]
+    private let lock = NSLock()
     private var descriptor: Int32
     private var state = State.open
 
@@ -77,12 +82,14 @@ public final class SafeTensorsWriter {
     public func write(_ name: String, bytes: UnsafeRawBufferPointer) throws {
         guard let index = indexByName[name] else { throw SafeTensorsError.writerUnknownTensor(file: path, tensor: name) }
         let tensor = tensors[index]
-        guard writtenBytes[index] == 0 else { throw SafeTensorsError.writerDuplicateTensor(file: path, tensor: name) }
         guard bytes.count == tensor.byteCount else {
             throw SafeTensorsError.writerByteCount(file: path, tensor: name, expected: tensor.byteCount, actual: bytes.count)
         }
+        try lock.withLock {
+            guard writtenBytes[index] == 0 else { throw SafeTensorsError.writerDuplicateTensor(file: path, tensor: name) }
+            writtenBytes[index] = bytes.count
+        }
         try writeFully(bytes, at: dataStart + tensor.dataOffsets.lowerBound)
-        writtenBytes[index] = bytes.count
     }
 
     /// Writes part of a tensor's bytes, starting `offset` bytes into the tensor. Chunks of one tensor must not
@@ -90,17 +97,21 @@ public final class SafeTensorsWriter {
     public func write(_ name: String, chunk: UnsafeRawBufferPointer, at offset: Int) throws {
         guard let index = indexByName[name] else { throw SafeTensorsError.writerUnknownTensor(file: path, tensor: name) }
         let tensor = tensors[index]
-        guard offset >= 0, offset + chunk.count <= tensor.byteCount,
-              writtenBytes[index] + chunk.count <= tensor.byteCount else {
-            throw SafeTensorsError.writerByteCount(file: path, tensor: name, expected: tensor.byteCount,
-                                                   actual: max(offset + chunk.count, writtenBytes[index] + chunk.count))
+        try lock.withLock {
+            guard offset >= 0, offset + chunk.count <= tensor.byteCount,
+                  writtenBytes[index] + chunk.count <= tensor.byteCount else {
+                throw SafeTensorsError.writerByteCount(file: path, tensor: name, expected: tensor.byteCount,
+                                                       actual: max(offset + chunk.count, writtenBytes[index] + chunk.count))
+            }
+            writtenBytes[index] += chunk.count
         }
         try writeFully(chunk, at: dataStart + tensor.dataOffsets.lowerBound + offset)
-        writtenBytes[index] += chunk.count
     }
 
     /// Checks that every tensor was written, syncs, and renames the file to its final name.
     public func finish(sync: Bool = true) throws {
+        lock.lock()
+        defer { lock.unlock() }
         let missing = zip(tensors, writtenBytes).filter { $0.1 != $0.0.byteCount }.map(\.0.name)
         guard missing.isEmpty else { throw SafeTensorsError.writerIncomplete(file: path, missing: missing) }
         if sync && fsync(descriptor) != 0 {
@@ -110,7 +121,7 @@ public final class SafeTensorsWriter {
         descriptor = -1
         guard rename(temporaryPath, path) == 0 else {
             let reason = SafeTensorsFile.errnoText()
-            abort()
+            abortLocked()
             throw SafeTensorsError.io(file: path, operation: "rename into place", reason: reason)
         }
         state = .finished
@@ -119,6 +130,12 @@ public final class SafeTensorsWriter {
 
     /// Removes the temporary file. Safe to call more than once.
     public func abort() {
+        lock.lock()
+        defer { lock.unlock() }
+        abortLocked()
+    }
+
+    private func abortLocked() {
         guard state == .open else { return }
         state = .aborted
         if descriptor >= 0 { close(descriptor) }

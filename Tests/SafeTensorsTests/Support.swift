@@ -14,7 +14,7 @@ func writeCraftedFile(at path: String, header: [UInt8], data: [UInt8] = [], decl
     var bytes = [UInt8]()
     withUnsafeBytes(of: (declaredLength ?? UInt64(header.count)).littleEndian) { bytes.append(contentsOf: $0) }
     bytes += header + data
-    FileManager.default.createFile(atPath: path, contents: Data(bytes))
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
     return path
 }
 

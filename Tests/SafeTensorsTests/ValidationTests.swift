@@ -102,7 +102,7 @@ func malformedFileIsRefusedWithItsRule(_ testCase: MalformedCase) throws {
     let folder = makeTemporaryFolder()
     defer { try? FileManager.default.removeItem(atPath: folder) }
     let path = folder + "/tiny.safetensors"
-    FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3]))
+    _ = FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3]))
     #expect(throws: SafeTensorsError.fileTooSmall(file: path, size: 3)) { try SafeTensorsFile(path: path) }
 }
 

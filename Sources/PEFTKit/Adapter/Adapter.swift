@@ -64,9 +64,11 @@ public struct StoredTensor: Sendable {
                                      dataOffsets: offsets.lowerBound + range.lowerBound ..< offsets.lowerBound + range.upperBound))
     }
 
-    /// The values as Float32 (every adapter tensor is a float type; checked when the adapter is built).
+    /// The values as Float32 (every adapter tensor is a float type; checked when the adapter is built). The mapped
+    /// pages read are released afterwards: the decoded copy is what callers keep.
     public func floats() throws -> [Float] {
-        try withBytes { raw in
+        defer { release(bytes: 0..<byteCount) }
+        return try withBytes { raw in
             [Float](unsafeUninitializedCapacity: elementCount) { buffer, initialized in
                 Codec.decode(raw, as: dtype, into: buffer)
                 initialized = elementCount

@@ -47,8 +47,11 @@ public struct MergeSummary: Sendable {
 /// in row slices of bounded size, so memory stays flat whatever the model's size. Untouched tensors are copied as
 /// bytes. Output appears under its final name only when complete.
 public enum MergeEngine {
-    /// Working-set size of one slice, in Float32 elements (16 MiB).
-    static let sliceElements = 4 << 20
+    /// Working-set size of one slice, in Float32 elements (1 MiB): small enough that decode → apply → check → encode
+    /// stay in the CPU cache, large enough for efficient BLAS calls.
+    static let sliceElements = 1 << 18
+    /// Untouched tensors are copied in pieces of this many bytes, each released from memory once written.
+    static let copyChunkBytes = 32 << 20
     /// Condition number above which an unmerge warns that the solve amplifies the merged file's rounding.
     public static let conditionWarningThreshold = 1e4
 
@@ -57,15 +60,18 @@ public enum MergeEngine {
         let start = Date()
         let plan = try MergePlan.make(request)
         let folder = try OutputFolder(finalPath: request.output, force: request.force)
-        var state = RunState(plan: plan, progress: progress)
+        // Each worker runs BLAS on its own slices: OpenBLAS's own threads only spin on these small products.
+        LinearAlgebra.useOneThread()
+        let state = RunState(plan: plan, progress: progress)
         for file in plan.files {
-            try write(file.name, tasks: file.tasks, into: folder, state: &state)
+            try write(file.name, tasks: file.tasks, into: folder, state: state)
         }
         if plan.writesIndex { try writeIndex(plan, into: folder) }
-        try copySideFiles(plan, into: folder, notes: &state.notes)
+        var sideNotes: [String] = []
+        try copySideFiles(plan, into: folder, notes: &sideNotes)
         try folder.publish()
 
-        var notes = plan.notes + state.notes
+        var notes = plan.notes + sideNotes
         if let condition = state.worstCondition, condition > conditionWarningThreshold {
             notes.append(String(format: "warning: I + B is ill-conditioned (condition number %.3g): the unmerged values "
                 + "can be off by that factor times the merged file's rounding", condition))
@@ -82,21 +88,20 @@ public enum MergeEngine {
             driftBound: request.direction == .unmerge ? state.driftBound : nil, worstCondition: state.worstCondition)
     }
 
-    /// Counters and scratch buffers shared by the whole run.
-    private struct RunState {
+    /// Counters shared by the workers of one run, behind a lock.
+    private final class RunState: @unchecked Sendable {
+        // @unchecked: every mutable property is only touched under `lock` (see `update`).
         let plan: MergePlan
         let progress: (@Sendable (MergeProgress) -> Void)?
         let tensorsTotal: Int
         let bytesTotal: Int
+        private let lock = NSLock()
         var tensorsDone = 0
         var bytesDone = 0
         var transformed = 0, replaced = 0, copied = 0, converted = 0
         var transformedTensors: [String] = []
-        var notes: [String] = []
         var driftBound = 0.0
         var worstCondition: Double?
-        var floats = [Float]()
-        var encoded = [UInt8]()
 
         init(plan: MergePlan, progress: (@Sendable (MergeProgress) -> Void)?) {
             self.plan = plan
@@ -105,57 +110,116 @@ public enum MergeEngine {
             bytesTotal = plan.files.reduce(0) { $0 + $1.tasks.reduce(0) { $0 + $1.outputBytes } }
         }
 
-        mutating func finished(_ task: TensorTask) {
-            tensorsDone += 1
-            bytesDone += task.outputBytes
-            progress?(MergeProgress(tensorsDone: tensorsDone, tensorsTotal: tensorsTotal, bytesDone: bytesDone,
-                                    bytesTotal: bytesTotal, currentTensor: task.name))
+        func update(_ body: (RunState) -> Void) { lock.withLock { body(self) } }
+
+        func finished(_ task: TensorTask) {
+            let report = lock.withLock { () -> MergeProgress in
+                tensorsDone += 1
+                bytesDone += task.outputBytes
+                return MergeProgress(tensorsDone: tensorsDone, tensorsTotal: tensorsTotal, bytesDone: bytesDone,
+                                     bytesTotal: bytesTotal, currentTensor: task.name)
+            }
+            progress?(report)
         }
     }
 
-    private static func write(_ name: String, tasks: [TensorTask], into folder: OutputFolder,
-                              state: inout RunState) throws {
+    /// One worker's Float32 and encoded buffers, reused from slice to slice.
+    private final class Scratch {
+        var floats = [Float]()
+        var encoded = [UInt8]()
+    }
+
+    /// Workers per run: the tensors of a file are shared out between them.
+    static var workerCount: Int { max(1, min(2, ProcessInfo.processInfo.activeProcessorCount)) }
+
+    private static func write(_ name: String, tasks: [TensorTask], into folder: OutputFolder, state: RunState) throws {
         let metadata = tasks.first?.source?.file.metadata ?? [("format", "pt")]
         let writer = try SafeTensorsWriter(path: folder.path(of: name),
                                            tensors: tasks.map { TensorSpec(name: $0.name, dtype: $0.outputDType, shape: $0.shape) },
                                            metadata: metadata)
         let taskByName = Dictionary(uniqueKeysWithValues: tasks.map { ($0.name, $0) })
-        // In file order, so that the output is written front to back.
-        for info in writer.tensors {
-            let task = taskByName[info.name]!
-            if !task.steps.isEmpty {
-                try transform(task, writer: writer, state: &state)
-                state.transformed += 1
-                state.transformedTensors.append(task.name)
-            } else if let replacement = task.replacement {
-                try convert(replacement, name: task.name, to: task.outputDType, writer: writer, state: &state)
-                state.replaced += 1
-            } else {
-                try copy(task, to: writer, state: &state)
+        // In file order, so that each worker writes front to back.
+        let ordered = writer.tensors.map { taskByName[$0.name]! }
+        let queue = WorkQueue(count: ordered.count)
+        DispatchQueue.concurrentPerform(iterations: workerCount) { _ in
+            let scratch = Scratch()
+            while let index = queue.next() {
+                do {
+                    try process(ordered[index], writer: writer, state: state, scratch: scratch)
+                } catch {
+                    queue.fail(error)
+                }
             }
-            state.finished(task)
         }
+        if let error = queue.error { throw error }
         try writer.finish()
     }
 
-    private static func copy(_ task: TensorTask, to writer: SafeTensorsWriter, state: inout RunState) throws {
+    /// Hands out task indices in order until done or until a worker fails.
+    private final class WorkQueue: @unchecked Sendable {
+        // @unchecked: `position` and `error` are only touched under `lock`.
+        private let lock = NSLock()
+        private let count: Int
+        private var position = 0
+        private(set) var error: Error?
+
+        init(count: Int) { self.count = count }
+
+        func next() -> Int? {
+            lock.withLock {
+                guard error == nil, position < count else { return nil }
+                defer { position += 1 }
+                return position
+            }
+        }
+
+        func fail(_ error: Error) { lock.withLock { if self.error == nil { self.error = error } } }
+    }
+
+    private static func process(_ task: TensorTask, writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
+        if !task.steps.isEmpty {
+            try transform(task, writer: writer, state: state, scratch: scratch)
+            state.update {
+                $0.transformed += 1
+                $0.transformedTensors.append(task.name)
+            }
+        } else if let replacement = task.replacement {
+            try convert(replacement, name: task.name, to: task.outputDType, writer: writer, scratch: scratch)
+            state.update { $0.replaced += 1 }
+        } else {
+            try copy(task, to: writer, state: state, scratch: scratch)
+        }
+        state.finished(task)
+    }
+
+    private static func copy(_ task: TensorTask, to writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
         let source = task.source!
         if task.outputDType == source.info.dtype && task.name == source.info.name {
-            let view = try source.file.view(source.info)
-            try writer.write(task.name, bytes: view.bytes)
-            source.file.release(source.info)
-            state.copied += 1
+            let tensor = StoredTensor(view: try source.file.view(source.info))
+            try tensor.withBytes { bytes in
+                var offset = 0
+                var previousOffset = 0
+                repeat {
+                    let end = min(bytes.count, offset + copyChunkBytes)
+                    try writer.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
+                    tensor.release(bytes: previousOffset..<end)  // the previous chunk too: see `transform`
+                    previousOffset = offset
+                    offset = end
+                } while offset < bytes.count
+            }
+            state.update { $0.copied += 1 }
         } else {
             try convert(StoredTensor(view: try source.file.view(source.info)), name: task.name, to: task.outputDType,
-                        writer: writer, state: &state)
+                        writer: writer, scratch: scratch)
             source.file.release(source.info)
-            if task.outputDType != source.info.dtype { state.converted += 1 } else { state.copied += 1 }
+            let converted = task.outputDType != source.info.dtype
+            state.update { if converted { $0.converted += 1 } else { $0.copied += 1 } }
         }
     }
 
     /// Writes `tensor` as `dtype`, byte for byte when the dtype already matches, else through Float32 in slices.
     private static func convert(_ tensor: StoredTensor, name: String, to dtype: DType, writer: SafeTensorsWriter,
-                                state: inout RunState) throws {
+                                scratch: Scratch) throws {
         if tensor.dtype == dtype {
             try tensor.withBytes { try writer.write(name, bytes: $0) }
             return
@@ -165,7 +229,7 @@ public enum MergeEngine {
             var start = 0
             while start < tensor.elementCount {
                 let count = min(sliceElements, tensor.elementCount - start)
-                try encodeSlice(count: count, dtype: dtype, state: &state) { floats in
+                try encodeSlice(count: count, dtype: dtype, scratch: scratch) { floats in
                     Codec.decode(UnsafeRawBufferPointer(rebasing: source[(start * inSize)...].prefix(count * inSize)),
                                  as: tensor.dtype, into: floats)
                 } write: { bytes in
@@ -176,17 +240,17 @@ public enum MergeEngine {
         }
     }
 
-    /// Fills the shared Float32 buffer, encodes it, and hands the bytes to `write`.
-    private static func encodeSlice(count: Int, dtype: DType, state: inout RunState,
+    /// Fills the worker's Float32 buffer, encodes it, and hands the bytes to `write`.
+    private static func encodeSlice(count: Int, dtype: DType, scratch: Scratch,
                                     fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
                                     write: (UnsafeRawBufferPointer) throws -> Void) throws {
-        if state.floats.count < count { state.floats = [Float](repeating: 0, count: count) }
+        if scratch.floats.count < count { scratch.floats = [Float](repeating: 0, count: count) }
         let outBytes = count * dtype.bitWidth / 8
-        if state.encoded.count < outBytes { state.encoded = [UInt8](repeating: 0, count: outBytes) }
-        try state.floats.withUnsafeMutableBufferPointer { floats in
+        if scratch.encoded.count < outBytes { scratch.encoded = [UInt8](repeating: 0, count: outBytes) }
+        try scratch.floats.withUnsafeMutableBufferPointer { floats in
             let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
             try fill(slice)
-            try state.encoded.withUnsafeMutableBytes { encoded in
+            try scratch.encoded.withUnsafeMutableBytes { encoded in
                 Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
                 try write(UnsafeRawBufferPointer(rebasing: encoded[0..<outBytes]))
             }
@@ -243,7 +307,7 @@ public enum MergeEngine {
         }
     }
 
-    private static func transform(_ task: TensorTask, writer: SafeTensorsWriter, state: inout RunState) throws {
+    private static func transform(_ task: TensorTask, writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
         // The starting value: the base's, or the whole tensor an adapter carries in its place.
         let start = try task.replacement ?? StoredTensor(view: try task.source!.file.view(task.source!.info))
         let rows = task.shape.first ?? 1
@@ -252,10 +316,10 @@ public enum MergeEngine {
             try prepare($0, rows: rows, direction: state.plan.request.direction, source: state.plan.adapters[$0.adapterIndex].source)
         }
         for case .removeBat(let inverse) in operations {
-            state.worstCondition = max(state.worstCondition ?? 0, Double(inverse.worstCondition))
+            state.update { $0.worstCondition = max($0.worstCondition ?? 0, Double(inverse.worstCondition)) }
         }
         if task.shape.count == 1 {
-            try transformVector(task, operations: operations, start: start, writer: writer, state: &state)
+            try transformVector(task, operations: operations, start: start, writer: writer, state: state, scratch: scratch)
             return
         }
         let alignment = operations.reduce(1) { lcm($0, $1.rowAlignment) }
@@ -263,12 +327,15 @@ public enum MergeEngine {
         let inSize = start.dtype.bitWidth / 8, outSize = task.outputDType.bitWidth / 8
         let isUnmerge = state.plan.request.direction == .unmerge
         let allowNonFinite = state.plan.request.allowNonFinite
-        var firstRow = 0
+        var firstRow = 0, previousFirstRow = 0
+        // A page fault maps up to 64 KiB of cached neighbours too ("fault-around"), so the tail of the slice before
+        // comes back into the resident set; each release also covers the previous slice, and the end the whole tensor.
+        defer { start.release(bytes: 0..<start.byteCount) }
         while firstRow < rows {
             let rowRange = firstRow..<min(rows, firstRow + rowsPerSlice)
             let count = rowRange.count * columns
             var maxMagnitude: Float = 0
-            try encodeSlice(count: count, dtype: task.outputDType, state: &state) { floats in
+            try encodeSlice(count: count, dtype: task.outputDType, scratch: scratch) { floats in
                 try start.withBytes { raw in
                     let bytes = UnsafeRawBufferPointer(rebasing: raw[(firstRow * columns * inSize)...].prefix(count * inSize))
                     Codec.decode(bytes, as: start.dtype, into: floats)
@@ -281,19 +348,20 @@ public enum MergeEngine {
                 try writer.write(task.name, chunk: bytes, at: firstRow * columns * outSize)
             }
             if isUnmerge {
-                state.driftBound = max(state.driftBound, driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType,
-                                                                    operations: operations))
+                let bound = driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType, operations: operations)
+                state.update { $0.driftBound = max($0.driftBound, bound) }
             }
-            start.release(bytes: firstRow * columns * inSize ..< rowRange.upperBound * columns * inSize)
+            start.release(bytes: previousFirstRow * columns * inSize ..< rowRange.upperBound * columns * inSize)
+            previousFirstRow = firstRow
             firstRow = rowRange.upperBound
         }
     }
 
     private static func transformVector(_ task: TensorTask, operations: [Operation], start: StoredTensor,
-                                        writer: SafeTensorsWriter, state: inout RunState) throws {
+                                        writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
         let count = task.shape[0]
         let allowNonFinite = state.plan.request.allowNonFinite
-        try encodeSlice(count: count, dtype: task.outputDType, state: &state) { floats in
+        try encodeSlice(count: count, dtype: task.outputDType, scratch: scratch) { floats in
             try start.withBytes { Codec.decode($0, as: start.dtype, into: floats) }
             for case .loraBias(let bias, let scale) in operations { LoRA.applyBias(bias, scale: scale, to: floats) }
             try checkFinite(floats, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
@@ -321,6 +389,10 @@ public enum MergeEngine {
         case .bf16: Float(bitPattern: 0x7F7F_8000)
         default: .infinity
         }
+        // Fast pass: the largest magnitude as bits (NaN and Inf have the largest), an integer reduction that vectorises.
+        var largest: UInt32 = 0
+        for value in values { largest = max(largest, value.bitPattern & 0x7FFF_FFFF) }
+        guard largest >= limit.bitPattern else { return }
         for (i, value) in values.enumerated() where !(value.magnitude < limit) {
             let what = value.isFinite ? "\(value), beyond the largest \(task.outputDType.rawValue)" : "\(value)"
             throw PEFTKitError(.numerics, tensor: task.name,

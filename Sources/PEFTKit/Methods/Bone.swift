@@ -14,15 +14,18 @@ enum Bone {
     /// Adds s · block[c mod r, o] to every element of a slice of rows.
     static func applyColumnBlock(_ block: [Float], rank r: Int, scale s: Float, to slice: WeightRows) {
         let outFeatures = block.count / r
-        var column = [Float](repeating: 0, count: r)
-        for o in slice.rows {
-            for t in 0..<r { column[t] = s * block[t * outFeatures + o] }
-            let row = slice.row(o)
-            var start = 0
-            while start < slice.columns {
-                let width = min(r, slice.columns - start)
-                for t in 0..<width { row[start + t] += column[t] }
-                start += r
+        let column = UnsafeMutablePointer<Float>.allocate(capacity: r)
+        defer { column.deallocate() }
+        block.withUnsafeBufferPointer { block in
+            for o in slice.rows {
+                for t in 0..<r { column[t] = s * block[t * outFeatures + o] }  // block[:, o]: this row's addend
+                let row = slice.row(o)
+                var start = 0
+                while start < slice.columns {
+                    let group = row + start
+                    for t in 0..<min(r, slice.columns - start) { group[t] += column[t] }
+                    start += r
+                }
             }
         }
     }
@@ -44,9 +47,13 @@ enum Bone {
                         m: slice.columns, n: r, k: r, alpha: s,
                         a: band, lda: r, transposeA: false, b: block, ldb: r, transposeB: false,
                         into: change.baseAddress!, ldc: r, beta: 0)
-                    for k in 0..<slice.columns {
-                        let a = k / tilesPerBand
-                        for c in 0..<r { band[k * r + c] += change[k * r + c] + s * block[a * r + c] }
+                    // band += change + sB_j[a], where view row k of the band is row a = k / tilesPerBand of its tile.
+                    for a in 0..<r {
+                        let blockRow = block + a * r
+                        for k in (a * tilesPerBand)..<((a + 1) * tilesPerBand) {
+                            let target = band + k * r, delta = change.baseAddress! + k * r
+                            for c in 0..<r { target[c] += delta[c] + s * blockRow[c] }
+                        }
                     }
                 }
             }

@@ -2,6 +2,12 @@ import CPeftKitOpenBLAS
 
 /// Thin wrappers over OpenBLAS and LAPACK, in row-major terms. Each names the routine it calls.
 enum LinearAlgebra {
+    /// Makes OpenBLAS compute on the calling thread only (`openblas_set_num_threads(1)`): peftkit parallelises over
+    /// tensors itself, and OpenBLAS's worker threads spend more time spinning than computing on products this small.
+    static func useOneThread() {
+        openblas_set_num_threads(1)
+    }
+
     /// `C += alpha · op(A) · op(B)` with `cblas_sgemm` (β = 1), all row-major. `C` is m×n, `op(A)` m×k, `op(B)` k×n.
     static func multiplyAccumulate(
         m: Int, n: Int, k: Int, alpha: Float,
