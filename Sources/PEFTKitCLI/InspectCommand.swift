@@ -40,22 +40,38 @@ struct InspectCommand: AsyncParsableCommand {
     @Flag(help: "List every tensor and file instead of shortening long lists.")
     var all = false
 
+    @Option(help: ArgumentHelp(
+        "For an adapter: a base model to measure it against (its share of the base's parameters, and whether every target module exists there with a compatible shape).",
+        valueName: "base"))
+    var base: String?
+
     init() {}
 
     func run() async throws {
         guard FileManager.default.fileExists(atPath: path) else {
             throw PEFTKitError(.io, file: path, "no such file or folder")
         }
-        let inspection: CheckpointInspection
+        var inspection: CheckpointInspection
         switch InspectSubject.classify(path) {
         case .checkpoint(let kind):
+            if base != nil { throw ValidationError("--base applies to adapters; \(TerminalText.escaped(path)) is not one.") }
             inspection = try CheckpointInspection(path: path, kind: kind, statistics: stats)
         case .adapter:
-            // Adapter reporting (method, modules, ranks, consistency) arrives with the adapters issue.
-            inspection = try CheckpointInspection(path: path, kind: .adapter, statistics: stats)
+            do {
+                let adapter = try AdapterLoader.load(path)
+                inspection = try CheckpointInspection(adapter: adapter, path: path, statistics: stats)
+                inspection.adapter = try AdapterReport(adapter, adapterPath: path, basePath: base)
+            } catch let error as PEFTKitError where error.kind == .inconsistentAdapter {
+                // List the tensors as stored, then every problem, and fail the check.
+                guard var stored = try? CheckpointInspection(path: path, kind: .adapter, statistics: stats) else { throw error }
+                stored.adapterProblems = error.details.isEmpty ? [error.message] : error.details
+                inspection = stored
+            }
         }
         Console.current.output(format.json
             ? InspectJSONReport.render(inspection)
             : InspectTextReport.render(inspection, showAll: all))
+        if !inspection.adapterProblems.isEmpty { throw ExitStatus.checkFailed }
+        if let fit = inspection.adapter?.base, !fit.problems.isEmpty { throw ExitStatus.baseMismatch }
     }
 }

@@ -45,13 +45,17 @@ struct CheckpointInspection: Sendable {
         let statistics: TensorStatistics?
     }
 
-    let path: String
+    var path: String
     let kind: Kind
     let files: [File]
     let index: Index?
     /// In storage order: file by file (shard order), and by position within each file.
     let tensors: [Tensor]
     let includesStatistics: Bool
+    /// For an adapter that passed its consistency checks: what it is and does.
+    var adapter: AdapterReport?
+    /// For an adapter that failed them: every problem found.
+    var adapterProblems: [String] = []
 
     var isSharded: Bool { index != nil }
     var parameterCount: Int { tensors.reduce(0) { $0 + $1.elementCount } }
@@ -114,6 +118,30 @@ extension CheckpointInspection {
         self.includesStatistics = statistics
     }
 
+    /// An adapter's tensors as its loader read them (which also covers a legacy `adapter_model.bin`).
+    init(adapter: Adapter, path: String, statistics: Bool) throws {
+        if adapter.format != .peftBin {
+            self = try CheckpointInspection(path: adapter.source, kind: .adapter, statistics: statistics)
+            self.path = path
+            return
+        }
+        let fileName = (adapter.source as NSString).lastPathComponent
+        let size = (try? FileManager.default.attributesOfItem(atPath: adapter.source)[.size] as? Int) ?? 0
+        self.path = path
+        self.kind = .adapter
+        self.files = [File(name: fileName, size: size, headerLength: 0, tensorCount: adapter.allTensors.count,
+                           metadata: nil)]
+        self.index = nil
+        self.tensors = try adapter.allTensors.map { tensor in
+            Tensor(name: tensor.name, dtype: tensor.dtype, shape: tensor.shape, elementCount: tensor.elementCount,
+                   byteCount: tensor.byteCount, fileName: fileName,
+                   statistics: statistics ? try tensor.withBytes {
+                       TensorStatistics.compute($0, dtype: tensor.dtype, count: tensor.elementCount)
+                   } : nil)
+        }
+        self.includesStatistics = statistics
+    }
+
     /// Reads one tensor's data through the mapping, then lets its pages go so memory stays flat on big models.
     private static func statistics(of info: TensorInfo, in file: SafeTensorsFile) throws -> TensorStatistics? {
         guard Codec.canDecode(info.dtype) else { return nil }
@@ -125,9 +153,8 @@ extension CheckpointInspection {
 
 /// What PATH holds, decided before anything is opened.
 ///
-/// This is where adapter inspection plugs in: the adapters issue will give `.adapter` its own report (method,
-/// modules, ranks, consistency checks that exit with status 1). Until then an adapter's tensors are listed like any
-/// checkpoint's, and the report says that it is an adapter.
+/// An adapter gets its own report (method, modules, ranks, consistency checks that exit with status 1) on top of
+/// the listing of its tensors.
 enum InspectSubject {
     case checkpoint(CheckpointInspection.Kind)
     case adapter

@@ -1,3 +1,4 @@
+import PEFTKit
 import SafeTensors
 
 /// The `inspect --json` report, schema `peftkit.inspect/1` (spec/inspect-output.md).
@@ -12,7 +13,7 @@ enum InspectJSONReport {
     }
 
     static func document(_ inspection: CheckpointInspection) -> JSONValue {
-        .object([
+        var members: [(key: String, value: JSONValue)] = [
             ("schema", .string(schema)),
             ("path", .string(inspection.path)),
             ("kind", .string(inspection.kind.rawValue)),
@@ -20,7 +21,8 @@ enum InspectJSONReport {
             ("files", .array(inspection.files.map(file))),
             ("index", inspection.index.map(index) ?? .null),
             ("tensor_count", integer(inspection.tensors.count)),
-            ("parameters", integer(inspection.parameterCount)),
+            // For an adapter: the adapter's own parameters (carried whole tensors are under adapter.carried).
+            ("parameters", integer(inspection.adapter?.parameters ?? inspection.parameterCount)),
             ("bytes", integer(inspection.byteCount)),
             ("dtypes", .object(inspection.dtypeHistogram
                 .sorted { $0.dtype.rawValue < $1.dtype.rawValue }
@@ -28,7 +30,50 @@ enum InspectJSONReport {
             ("metadata", stringObject(inspection.sharedMetadata)),
             ("statistics", .bool(inspection.includesStatistics)),
             ("tensors", .array(inspection.tensors.map { tensor($0, statistics: inspection.includesStatistics) })),
-        ])
+        ]
+        if let adapter = inspection.adapter {
+            members.insert(("method", .string(adapter.method.rawValue)), at: 3)
+            members.append(("adapter", adapterObject(adapter)))
+        }
+        if !inspection.adapterProblems.isEmpty {
+            members.append(("problems", .array(inspection.adapterProblems.map { .string($0) })))
+        }
+        return .object(members)
+    }
+
+    static func adapterObject(_ adapter: AdapterReport) -> JSONValue {
+        var members: [(key: String, value: JSONValue)] = [
+            ("method", .string(adapter.method.rawValue)),
+            ("variant", .string(adapter.variant.rawValue)),
+            ("format", .string(adapter.format.description)),
+            ("modules", integer(adapter.moduleCount)),
+            ("targets", .array(adapter.targets.map { .string($0) })),
+            ("ranks", .array(adapter.ranks.map { .object([("rank", integer($0.rank)), ("modules", integer($0.modules))]) })),
+            ("scalings", .array(adapter.scalings.map {
+                .object([("alpha", real($0.alpha)), ("scaling", real($0.scaling)), ("modules", integer($0.modules))])
+            })),
+            ("use_rslora", .bool(adapter.useRSLoRA)),
+            ("mini_rank", adapter.miniRank.map(integer) ?? .null),
+            ("parameters", integer(adapter.parameters)),
+            ("carried", .array(adapter.carried.map {
+                .object([("tensor", .string($0.baseName)), ("reason", .string($0.reason)),
+                         ("parameters", integer($0.parameters)), ("bytes", integer($0.bytes))])
+            })),
+            ("base_model", adapter.baseModel.map { .string($0) } ?? .null),
+            ("fingerprint", adapter.fingerprint.map { .string($0) } ?? .null),
+        ]
+        if let base = adapter.base {
+            members.append(("base", .object([
+                ("path", .string(base.path)), ("parameters", integer(base.parameters)),
+                ("share_percent", real(base.sharePercent)), ("fits", .bool(base.problems.isEmpty)),
+                ("problems", .array(base.problems.map { .string($0) })),
+            ])))
+        }
+        return .object(members)
+    }
+
+    static func real(_ value: Double) -> JSONValue {
+        value.isFinite ? .number(value, literal: "\(value)") : .null
     }
 
     static func file(_ file: CheckpointInspection.File) -> JSONValue {

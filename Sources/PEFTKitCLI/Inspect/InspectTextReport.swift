@@ -31,8 +31,14 @@ enum InspectTextReport {
             lines += inspection.files[shown.tailRange].map(fileDescription)
             for (i, line) in lines.enumerated() { rows.append((i == 0 ? "files" : "", line)) }
         }
+        if let adapter = inspection.adapter { rows += adapterRows(adapter) }
         rows.append(("tensors", NumberFormatting.grouped(inspection.tensors.count)))
-        rows.append(("parameters", countDescription(inspection.parameterCount)))
+        if let adapter = inspection.adapter {
+            rows.append(("parameters", countDescription(adapter.parameters) + " in the adapter"
+                + (adapter.carried.isEmpty ? "" : ", plus \(countDescription(adapter.carriedParameters)) carried whole")))
+        } else {
+            rows.append(("parameters", countDescription(inspection.parameterCount)))
+        }
         rows.append(("bytes", bytesDescription(inspection.byteCount)))
         let histogram = inspection.dtypeHistogram.map { "\($0.dtype.rawValue): \(NumberFormatting.grouped($0.count))" }
         rows.append(("dtypes", histogram.isEmpty ? "(none)" : histogram.joined(separator: ", ")))
@@ -47,6 +53,10 @@ enum InspectTextReport {
             rows.append((metadata.isEmpty ? "metadata" : "",
                          "(\(unshared) more key\(unshared == 1 ? "" : "s") differ between files; see --json)"))
         }
+        if !inspection.adapterProblems.isEmpty {
+            rows.append(("problems", "\(inspection.adapterProblems.count) between the adapter's config and its tensors:"))
+            for problem in inspection.adapterProblems { rows.append(("", "- " + TerminalText.escaped(problem))) }
+        }
         let width = rows.map(\.label.count).max() ?? 0
         return rows.map { row in
             row.label + String(repeating: " ", count: width - row.label.count) + "  " + row.value + "\n"
@@ -57,8 +67,49 @@ enum InspectTextReport {
         switch kind {
         case .file: "safetensors file"
         case .model: "model folder"
-        case .adapter: "PEFT adapter (adapter details arrive in a later build; its tensors are listed as stored)"
+        case .adapter: "adapter"
         }
+    }
+
+    /// Method, modules, ranks and scalings, carried tensors, base identity and fit.
+    static func adapterRows(_ adapter: AdapterReport) -> [(label: String, value: String)] {
+        var rows: [(label: String, value: String)] = []
+        rows.append(("method", "\(adapter.method.peftType) (\(adapter.variant.rawValue)), \(adapter.format.description)"))
+        rows.append(("modules", "\(adapter.moduleCount) adapted: \(adapter.targets.map { TerminalText.escaped($0) }.joined(separator: ", "))"))
+        let ranks = adapter.ranks.map { "r=\($0.rank) (\($0.modules) module\($0.modules == 1 ? "" : "s"))" }
+        rows.append(("rank", ranks.joined(separator: ", ") + (adapter.miniRank.map { ", mini_r=\($0)" } ?? "")))
+        if !adapter.scalings.isEmpty {
+            let rule = adapter.useRSLoRA ? "alpha/√r (rsLoRA)" : "alpha/r"
+            let scalings = adapter.scalings.map {
+                "alpha \(short($0.alpha)) → \(short($0.scaling)) (\($0.modules) module\($0.modules == 1 ? "" : "s"))"
+            }
+            rows.append(("scaling", rule + ": " + scalings.joined(separator: ", ")))
+        }
+        if !adapter.carried.isEmpty {
+            rows.append(("carried", "\(adapter.carried.count) tensor\(adapter.carried.count == 1 ? "" : "s") replace base tensors whole, "
+                + "\(countDescription(adapter.carriedParameters)) parameters, \(NumberFormatting.bytes(adapter.carriedBytes)):"))
+            for carried in adapter.carried {
+                rows.append(("", "\(TerminalText.escaped(carried.baseName)) (\(carried.reason))"))
+            }
+        }
+        rows.append(("base model", adapter.baseModel.map { "\"\(TerminalText.escaped($0))\" (as recorded by the trainer)" } ?? "(not recorded)"))
+        rows.append(("fingerprint", adapter.fingerprint.map { TerminalText.escaped($0) }
+            ?? "none (a merge cannot check that it is the base the adapter was made for)"))
+        if let base = adapter.base {
+            rows.append(("base", "\(TerminalText.escaped(base.path)): \(countDescription(base.parameters)) parameters; "
+                + "the adapter is \(String(format: "%.3g", base.sharePercent)) % of it"))
+            if base.problems.isEmpty {
+                rows.append(("fit", "all \(adapter.moduleCount) modules fit the base"))
+            } else {
+                rows.append(("fit", "\(base.problems.count) problem\(base.problems.count == 1 ? "" : "s") with this base:"))
+                for problem in base.problems { rows.append(("", "- " + TerminalText.escaped(problem))) }
+            }
+        }
+        return rows
+    }
+
+    private static func short(_ value: Double) -> String {
+        value == value.rounded() && abs(value) < 1e15 ? String(Int(value)) : String(format: "%.6g", value)
     }
 
     static func formatDescription(_ inspection: CheckpointInspection) -> String {

@@ -23,10 +23,14 @@ struct TensorStatistics: Equatable, Sendable {
     /// combined with the pairwise update of Chan, Golub and LeVeque: stable like Welford's method without paying
     /// a division per element.
     static func compute(_ view: TensorView, chunkElements: Int = chunkElements) -> TensorStatistics? {
-        let dtype = view.info.dtype
+        compute(view.bytes, dtype: view.info.dtype, count: view.info.elementCount, chunkElements: chunkElements)
+    }
+
+    /// The same over raw little-endian bytes holding `count` elements of `dtype`.
+    static func compute(_ bytes: UnsafeRawBufferPointer, dtype: DType, count: Int,
+                        chunkElements: Int = chunkElements) -> TensorStatistics? {
         guard Codec.canDecode(dtype) else { return nil }
         let elementBytes = dtype.bitWidth / 8
-        let count = view.info.elementCount
         let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: max(1, min(count, chunkElements)))
         defer { buffer.deallocate() }
 
@@ -35,7 +39,7 @@ struct TensorStatistics: Equatable, Sendable {
         var start = 0
         while start < count {
             let n = min(chunkElements, count - start)
-            let source = UnsafeRawBufferPointer(rebasing: view.bytes[(start * elementBytes)..<((start + n) * elementBytes)])
+            let source = UnsafeRawBufferPointer(rebasing: bytes[(start * elementBytes)..<((start + n) * elementBytes)])
             let chunk = UnsafeMutableBufferPointer(rebasing: buffer[0..<n])
             Codec.decode(source, as: dtype, into: chunk)
             moments.combine(statistics.accumulate(UnsafeBufferPointer(chunk)))

@@ -1,0 +1,90 @@
+import Foundation
+import SafeTensors
+
+/// What `inspect` says about an adapter: method, ranks and scalings, targets, parameter counts, and — given a base
+/// model — the adapter's share of it and whether every target fits.
+public struct AdapterReport: Sendable {
+    public struct Carried: Sendable {
+        public let baseName: String
+        public let reason: String
+        public let parameters: Int
+        public let bytes: Int
+    }
+
+    /// How the adapter fits a base model.
+    public struct BaseFit: Sendable {
+        public let path: String
+        public let parameters: Int
+        /// Adapter parameters as a percentage of the base's.
+        public let sharePercent: Double
+        /// Every way the adapter does not fit (empty when it does).
+        public let problems: [String]
+    }
+
+    public let method: AdapterMethod
+    public let variant: AdapterVariant
+    public let format: Adapter.Format
+    public let moduleCount: Int
+    /// Distinct target names (the last component of each adapted module's path), sorted.
+    public let targets: [String]
+    /// Rank → number of modules, ascending.
+    public let ranks: [(rank: Int, modules: Int)]
+    /// LoRA: (alpha, scaling) → number of modules; empty for block methods.
+    public let scalings: [(alpha: Double, scaling: Double, modules: Int)]
+    public let useRSLoRA: Bool
+    public let miniRank: Int?
+    /// Parameters of the adapter proper.
+    public let parameters: Int
+    public let carried: [Carried]
+    public let baseModel: String?
+    public let fingerprint: String?
+    public let base: BaseFit?
+
+    public var carriedParameters: Int { carried.reduce(0) { $0 + $1.parameters } }
+    public var carriedBytes: Int { carried.reduce(0) { $0 + $1.bytes } }
+
+    public init(_ adapter: Adapter, adapterPath: String, basePath: String? = nil) throws {
+        method = adapter.method
+        variant = adapter.variant
+        format = adapter.format
+        moduleCount = adapter.modules.count
+        targets = Set(adapter.modules.map { $0.path.split(separator: ".").last.map(String.init) ?? $0.path }).sorted()
+        ranks = Dictionary(grouping: adapter.modules, by: \.rank).map { ($0.key, $0.value.count) }.sorted { $0.rank < $1.rank }
+        if adapter.method == .lora {
+            let groups = Dictionary(grouping: adapter.modules) { ScalingKey(alpha: $0.alpha ?? 0, scaling: $0.scaling) }
+            scalings = groups.map { ($0.key.alpha, $0.key.scaling, $0.value.count) }.sorted { $0.modules > $1.modules }
+        } else {
+            scalings = []
+        }
+        useRSLoRA = adapter.config.useRSLoRA
+        miniRank = adapter.config.miniRank
+        parameters = adapter.parameterCount
+        carried = adapter.carried.map {
+            Carried(baseName: $0.baseName, reason: $0.reason.rawValue, parameters: $0.tensor.elementCount, bytes: $0.tensor.byteCount)
+        }
+        baseModel = adapter.base.nameOrPath
+        fingerprint = adapter.base.fingerprint
+        base = try basePath.map { try Self.fit(adapterPath: adapterPath, adapterParameters: adapter.parameterCount, basePath: $0) }
+    }
+
+    private struct ScalingKey: Hashable {
+        let alpha: Double
+        let scaling: Double
+    }
+
+    /// The base's size and every reason the adapter would not merge into it (the merge's own checks, run without
+    /// writing anything).
+    private static func fit(adapterPath: String, adapterParameters: Int, basePath: String) throws -> BaseFit {
+        let base = try Checkpoint(path: basePath)
+        let baseParameters = base.tensors.reduce(0) { $0 + $1.info.elementCount }
+        var problems: [String] = []
+        do {
+            _ = try MergePlan.make(MergeRequest(base: basePath, adapters: [adapterPath], output: basePath + ".unused"))
+        } catch let error as PEFTKitError where error.kind == .baseMismatch {
+            problems = error.details.isEmpty ? [error.localizedDescription] : error.details
+        }
+        return BaseFit(path: basePath, parameters: baseParameters,
+                       sharePercent: baseParameters == 0 ? 0 : 100 * Double(adapterParameters) / Double(baseParameters),
+                       problems: problems)
+    }
+}
