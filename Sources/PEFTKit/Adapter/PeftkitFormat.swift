@@ -108,7 +108,12 @@ public enum PeftkitFormat {
             do {
                 return try StrictJSON.parse(Array(text.utf8), source: key)
             } catch let error as SafeTensorsError {
-                throw PEFTKitError(.invalidConfig, file: source, "'\(key)' is not valid JSON: \(error.localizedDescription)")
+                let reason = switch error {
+                case .invalidJSON(_, let detail): detail
+                case .duplicateKey(_, let duplicate): "the key \"\(duplicate)\" appears twice"
+                default: error.localizedDescription
+                }
+                throw PEFTKitError(.invalidConfig, file: source, "'\(key)' is not valid JSON: \(reason)")
             }
         }
 
