@@ -7,29 +7,49 @@ public enum AdapterLoader {
     public static let safetensorsFileName = "adapter_model.safetensors"
     public static let legacyFileName = "adapter_model.bin"
 
-    /// Opens `path`: a PEFT adapter folder (`adapter_config.json` + `adapter_model.safetensors` or the legacy
-    /// `adapter_model.bin`), or the `adapter_model.safetensors` inside one.
+    /// Opens `path`: a peftkit adapter file (a safetensors file whose metadata has `peftkit.format`), a PEFT adapter
+    /// folder (`adapter_config.json` + `adapter_model.safetensors` or the legacy `adapter_model.bin`), or a file
+    /// inside one.
     public static func load(_ path: String) throws -> Adapter {
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else {
             throw PEFTKitError(.io, file: path, "no such file or folder")
         }
         if isFolder.boolValue { return try loadPEFTFolder(path) }
-        let folder = (path as NSString).deletingLastPathComponent
-        if FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent(configFileName)) {
-            return try loadPEFTFolder(folder.isEmpty ? "." : folder)
+        let folder = enclosingFolder(path)
+        let hasConfigBeside = FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent(configFileName))
+        // A file describes itself: a peftkit file is read as one even inside a PEFT folder.
+        if path.hasSuffix(".safetensors") || !hasConfigBeside {
+            do {
+                let file = try SafeTensorsFile(path: path)
+                if PeftkitFormat.isPeftkitFile(file) { return try PeftkitFormat.read(file) }
+            } catch let error as SafeTensorsError where !hasConfigBeside && path.hasSuffix(".safetensors") {
+                throw error
+            } catch is SafeTensorsError {
+                // Not a safetensors file: judged below by what surrounds it.
+            }
         }
-        throw PEFTKitError(.invalidConfig, file: path, "not inside a PEFT adapter folder (no \(configFileName) beside it)")
+        if hasConfigBeside { return try loadPEFTFolder(folder) }
+        throw PEFTKitError(.invalidConfig, file: path, "neither a peftkit adapter file (no '\(PeftkitFormat.formatKey)' in "
+                           + "its safetensors metadata) nor inside a PEFT adapter folder (no \(configFileName) beside it)")
     }
 
-    /// Whether `path` looks like an adapter rather than a model (used to tell the two apart in `inspect`).
+    /// Whether `path` looks like an adapter rather than a model (used to tell the two apart in `inspect`): a PEFT
+    /// folder, the `adapter_model.safetensors` of one, or a peftkit file (only its header is read).
     public static func looksLikeAdapter(_ path: String) -> Bool {
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return false }
         if isFolder.boolValue {
             return FileManager.default.fileExists(atPath: (path as NSString).appendingPathComponent(configFileName))
         }
-        return (path as NSString).lastPathComponent == safetensorsFileName
+        if (path as NSString).lastPathComponent == safetensorsFileName { return true }
+        guard let file = try? SafeTensorsFile(path: path) else { return false }
+        return PeftkitFormat.isPeftkitFile(file)
+    }
+
+    private static func enclosingFolder(_ path: String) -> String {
+        let folder = (path as NSString).deletingLastPathComponent
+        return folder.isEmpty ? "." : folder
     }
 
     static func loadPEFTFolder(_ folder: String) throws -> Adapter {
