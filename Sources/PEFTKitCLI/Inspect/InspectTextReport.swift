@@ -1,3 +1,4 @@
+import PEFTKit
 /// The human-readable `inspect` report: a summary, then an aligned table of tensors.
 ///
 /// Every piece of text that came from the file (names, metadata) goes through `TerminalText.escaped`.
