@@ -1,4 +1,6 @@
 import ArgumentParser
+import PEFTKit
+import SafeTensors
 
 /// `peftkit convert ADAPTER --to peft|peftkit --output PATH …`: the argument surface is final; the converters arrive
 /// with the adapter-format issue.
@@ -46,6 +48,27 @@ struct ConvertCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        throw CommandNotAvailable(commandName: "convert")
+        let loaded = try AdapterLoader.load(adapter)
+        var fingerprintNote = ""
+        switch to {
+        case .peft:
+            try PEFTFolderWriter.write(loaded, to: output.output, force: output.force)
+            if loaded.base.fingerprint != nil { fingerprintNote = " (a PEFT folder has no place for the base fingerprint; it is dropped)" }
+        case .peftkit:
+            var fingerprint = loaded.base.fingerprint
+            if let base {
+                // Only fingerprint a base the adapter actually fits.
+                let report = try AdapterReport(loaded, adapterPath: adapter, basePath: base)
+                if let problems = report.base?.problems, !problems.isEmpty {
+                    throw PEFTKitError(.baseMismatch, file: base, "the adapter does not fit this base model", details: problems)
+                }
+                fingerprint = try BaseFingerprint.compute(adapter: loaded, base: try Checkpoint(path: base))
+            }
+            try PeftkitFormat.write(loaded, to: output.output, fingerprint: fingerprint, force: output.force)
+            fingerprintNote = fingerprint.map { ", base fingerprint \($0)" } ?? ", no base fingerprint (give --base to record one)"
+        }
+        Console.current.output("converted \(TerminalText.escaped(adapter)) (\(loaded.method.peftType) \(loaded.variant.rawValue), "
+            + "\(loaded.modules.count) modules, \(loaded.allTensors.count) tensors) → \(TerminalText.escaped(output.output)) "
+            + "as \(to == .peft ? "a PEFT folder" : "a peftkit file")\(fingerprintNote)\n")
     }
 }

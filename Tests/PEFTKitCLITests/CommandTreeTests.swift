@@ -45,17 +45,6 @@ func mergeAndUnmergeParseEveryOption(arguments: [String]) async {
 }
 
 @Test(arguments: [
-    ["convert", "lora", "--to", "peftkit", "--output", "lora.safetensors", "--base", "base", "--force"],
-    ["convert", "lora", "--to", "peft", "--output", "lora-folder"],
-])
-func commandsOfLaterIssuesParseThenSayTheyAreNotAvailable(arguments: [String]) async {
-    let run = await peftkit(arguments)
-    #expect(run.status == ExitStatus.unsupported.rawValue)
-    #expect(run.standardOutput.isEmpty)
-    #expect(run.standardError == "peftkit \(arguments[0]): not available yet in this build\n")
-}
-
-@Test(arguments: [
     (["merge", "base", "a", "b", "--weight", "1", "-o", "out"], "--weight"),
     (["merge", "base", "a", "--weight", "nan", "-o", "out"], "--weight"),
     (["merge", "base", "a", "-o", "out", "--dtype", "f8"], "--dtype"),

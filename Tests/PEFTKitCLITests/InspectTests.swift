@@ -211,7 +211,7 @@ private func layerTensors(_ count: Int) -> [TestTensor] {
 @Test func adaptersAreRecognisedAndTheirTensorsListed() async throws {
     let folder = makeTemporaryFolder()
     defer { try? FileManager.default.removeItem(atPath: folder) }
-    try #"{"peft_type": "LORA", "r": 2}"#.write(toFile: folder + "/adapter_config.json", atomically: true, encoding: .utf8)
+    try #"{"peft_type": "LORA", "r": 2, "lora_alpha": 4}"#.write(toFile: folder + "/adapter_config.json", atomically: true, encoding: .utf8)
     let tensors = [
         TestTensor.f32("base_model.model.q.lora_A.weight", [2, 4], (0..<8).map(Float.init)),
         TestTensor.f32("base_model.model.q.lora_B.weight", [4, 2], (0..<8).map(Float.init)),
@@ -220,9 +220,12 @@ private func layerTensors(_ count: Int) -> [TestTensor] {
 
     let json = try parseJSON(await peftkit("inspect", folder, "--json").standardOutput)
     #expect(json["kind"]?.stringValue == "adapter")
+    #expect(json["method"]?.stringValue == "lora")
+    #expect(json["parameters"]?.integerValue == 16)
     #expect(json["tensors"]?.arrayValue?.compactMap { $0["name"]?.stringValue } == tensors.map(\.name))
     let text = await peftkit("inspect", folder + "/adapter_model.safetensors")
-    #expect(summaryValue(text.standardOutput, "kind")?.hasPrefix("PEFT adapter") == true)
+    #expect(summaryValue(text.standardOutput, "kind") == "adapter")
+    #expect(summaryValue(text.standardOutput, "method") == "LORA (default), PEFT folder (safetensors)")
 }
 
 // MARK: - Statistics

@@ -3,12 +3,8 @@ import SafeTensors
 import Testing
 @testable import PEFTKit
 
-/// The repository root, found from this file so tests need no bundled resources.
-let repositoryRoot = URL(fileURLWithPath: #filePath)
-    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
 /// `fixtures/cases`: adapters and bases written by real HF PEFT (`fixtures/generate.py`).
-let caseFixtures = repositoryRoot.appendingPathComponent("fixtures/cases")
+let caseFixtures = URL(fileURLWithPath: fixtureCases)
 
 /// The cases whose `adapter/` folder is complete, by name. Cases still being generated are skipped.
 let fixtureAdapterCases: [String] = {

@@ -128,6 +128,14 @@ struct MergePlan {
                 throw PEFTKitError(.unsupported, "unmerge takes one adapter at a time")
             }
             if !request.allowNonFinite { try checkFinite(adapter) }
+            if request.direction == .merge {
+                // A fingerprint recorded at conversion time proves this is the base the adapter was made for.
+                switch try BaseFingerprint.verify(adapter: adapter, base: base) {
+                case .matches, .absent: break
+                case .unknownScheme(let recorded):
+                    notes.append("\(adapter.source) records a base fingerprint of an unknown scheme (\(recorded)); not checked")
+                }
+            }
             let weight = request.weights[index]
             for carried in adapter.carried {
                 var task = try task(for: carried.baseName, adapter: adapter)
