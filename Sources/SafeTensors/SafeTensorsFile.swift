@@ -122,8 +122,14 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return TensorView(info: tensor, file: self, bytes: UnsafeRawBufferPointer(start: start, count: tensor.byteCount))
     }
 
-    /// Throws if the file is now shorter than when it was opened.
+    /// Throws if the file is now shorter than when it was opened (or a read of its mapping already hit a page past
+    /// its end, see `BusErrorGuard`).
     public func checkUnchanged() throws {
+        #if canImport(Glibc)
+        if let mapping, BusErrorGuard.faulted(in: UInt(bitPattern: mapping)..<UInt(bitPattern: mapping + fileSize)) {
+            throw SafeTensorsError.fileChanged(file: path, detail: "a mapped page could not be read (the file shrank while in use)")
+        }
+        #endif
         var info = stat()
         guard fstat(descriptor, &info) == 0 else {
             throw SafeTensorsError.io(file: path, operation: "stat", reason: Self.errnoText())

@@ -58,6 +58,7 @@ public final class SafeTensorsWriter: @unchecked Sendable {
         let fd = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw SafeTensorsError.io(file: path, operation: "create", reason: SafeTensorsFile.errnoText()) }
         self.descriptor = fd
+        TemporaryOutputs.shared.register(temporaryPath)
         do {
             // Reserve the space now: running out of disk fails here, before any work is done.
             let status = posix_fallocate(fd, 0, off_t(fileSize))
@@ -125,6 +126,7 @@ public final class SafeTensorsWriter: @unchecked Sendable {
             throw SafeTensorsError.io(file: path, operation: "rename into place", reason: reason)
         }
         state = .finished
+        TemporaryOutputs.shared.unregister(temporaryPath)
         if sync { Self.syncFolder(of: path) }
     }
 
@@ -141,6 +143,7 @@ public final class SafeTensorsWriter: @unchecked Sendable {
         if descriptor >= 0 { close(descriptor) }
         descriptor = -1
         unlink(temporaryPath)
+        TemporaryOutputs.shared.unregister(temporaryPath)
     }
 
     private func writeFully(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws {

@@ -1,13 +1,14 @@
+import PEFTKitCLI
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-import PEFTKitCLI
 
 @main
 struct Entry {
     static func main() async {
+        ProcessSignals.install()
         exit(await PeftkitCommand.run(arguments: Array(CommandLine.arguments.dropFirst())))
     }
 }

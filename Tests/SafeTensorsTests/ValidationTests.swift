@@ -168,3 +168,24 @@ func malformedFileIsRefusedWithItsRule(_ testCase: MalformedCase) throws {
     #expect(value["c"]?.stringValue == "😀")
     #expect(value.compactText() == "{\"b\":1.50,\"a\":[1,-2,3e2],\"c\":\"😀\"}")
 }
+
+@Test func readingAMappedPagePastANewEndIsAnErrorNotACrash() throws {
+    BusErrorGuard.install()
+    let folder = makeTemporaryFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    // Two tensors of 64 KiB each; the second one's pages are cut away after the file is mapped.
+    let path = try writeTensors([("a", .u8, [65536], [UInt8](repeating: 1, count: 65536)),
+                                 ("b", .u8, [65536], [UInt8](repeating: 2, count: 65536))], to: folder + "/m.safetensors")
+    let file = try SafeTensorsFile(path: path)
+    let view = try file.view(file.tensors[1])
+    #expect(truncate(path, 4096) == 0)
+    // Without the guard this read would raise SIGBUS; with it, the page reads as zeros and the fault is recorded.
+    let sum = view.bytes.reduce(0) { $0 + Int($1) }
+    #expect(sum == 0)
+    do {
+        try file.checkUnchanged()
+        Issue.record("the shrunk file was not noticed")
+    } catch let error as SafeTensorsError {
+        #expect(error.rule == "fileChanged")
+    }
+}

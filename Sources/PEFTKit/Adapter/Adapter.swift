@@ -45,12 +45,21 @@ public struct StoredTensor: Sendable {
     public var elementCount: Int { shape.reduce(1, *) }
     public var byteCount: Int { elementCount * dtype.bitWidth / 8 }
 
-    /// Calls `body` with the raw little-endian bytes. A mapped tensor first checks that its file has not shrunk.
+    /// Calls `body` with the raw little-endian bytes. For a mapped tensor, the file is checked before and after:
+    /// if it shrank meanwhile, what `body` read is not the tensor, and this throws.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         switch storage {
         case .mapped(let view):
             try view.file.checkUnchanged()
-            return try body(view.bytes)
+            let result: R
+            do {
+                result = try body(view.bytes)
+            } catch {
+                try view.file.checkUnchanged()  // a failed write from a vanished page: say why
+                throw error
+            }
+            try view.file.checkUnchanged()
+            return result
         case .memory(let bytes):
             return try bytes.withUnsafeBytes(body)
         }

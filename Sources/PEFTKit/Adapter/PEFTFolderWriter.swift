@@ -22,6 +22,8 @@ public enum PEFTFolderWriter {
         guard mkdir(temporary, 0o755) == 0 else {
             throw PEFTKitError(.io, file: path, "cannot create a temporary folder beside it: \(OutputPath.errnoText())")
         }
+        TemporaryOutputs.shared.register(temporary)
+        defer { TemporaryOutputs.shared.unregister(temporary) }
         do {
             let configPath = (temporary as NSString).appendingPathComponent(AdapterLoader.configFileName)
             try OutputPath.writeFile(configPath, contents: Array(configText(adapter.config).utf8), reportedAs: path)

@@ -196,17 +196,16 @@ public enum MergeEngine {
         let source = task.source!
         if task.outputDType == source.info.dtype && task.name == source.info.name {
             let tensor = StoredTensor(view: try source.file.view(source.info))
-            try tensor.withBytes { bytes in
-                var offset = 0
-                var previousOffset = 0
-                repeat {
-                    let end = min(bytes.count, offset + copyChunkBytes)
+            var offset = 0, previousOffset = 0
+            repeat {
+                let end = min(tensor.byteCount, offset + copyChunkBytes)
+                try tensor.withBytes { bytes in
                     try writer.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
-                    tensor.release(bytes: previousOffset..<end)  // the previous chunk too: see `transform`
-                    previousOffset = offset
-                    offset = end
-                } while offset < bytes.count
-            }
+                }
+                tensor.release(bytes: previousOffset..<end)  // the previous chunk too: see `transform`
+                previousOffset = offset
+                offset = end
+            } while offset < tensor.byteCount
             state.update { $0.copied += 1 }
         } else {
             try convert(StoredTensor(view: try source.file.view(source.info)), name: task.name, to: task.outputDType,

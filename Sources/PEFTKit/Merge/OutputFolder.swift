@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -35,7 +36,7 @@ final class OutputFolder {
         } catch {
             throw PEFTKitError(.io, file: temporaryPath, "cannot create the temporary output folder: \(error.localizedDescription)")
         }
-        CleanupRegistry.shared.register(temporaryPath)
+        TemporaryOutputs.shared.register(temporaryPath)
     }
 
     deinit { discard() }
@@ -65,7 +66,7 @@ final class OutputFolder {
             throw PEFTKitError(.io, file: finalPath, "cannot move the output into place: \(String(cString: strerror(errno)))")
         }
         published = true
-        CleanupRegistry.shared.unregister(temporaryPath)
+        TemporaryOutputs.shared.unregister(temporaryPath)
         syncFolder((finalPath as NSString).deletingLastPathComponent)
     }
 
@@ -73,7 +74,7 @@ final class OutputFolder {
     func discard() {
         guard !published else { return }
         try? FileManager.default.removeItem(atPath: temporaryPath)
-        CleanupRegistry.shared.unregister(temporaryPath)
+        TemporaryOutputs.shared.unregister(temporaryPath)
     }
 
     private func syncFolder(_ path: String) {
@@ -107,19 +108,3 @@ final class OutputFolder {
     }
 }
 
-/// Temporary outputs in progress, so that a signal handler can remove them before the process exits.
-public final class CleanupRegistry: @unchecked Sendable {
-    // @unchecked: every access to `paths` holds `lock`.
-    public static let shared = CleanupRegistry()
-    private let lock = NSLock()
-    private var paths: Set<String> = []
-
-    func register(_ path: String) { lock.withLock { _ = paths.insert(path) } }
-    func unregister(_ path: String) { lock.withLock { _ = paths.remove(path) } }
-
-    /// Removes every registered temporary output (called on SIGINT/SIGTERM).
-    public func removeAll() {
-        let current = lock.withLock { paths }
-        for path in current { try? FileManager.default.removeItem(atPath: path) }
-    }
-}

@@ -1,0 +1,30 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Dispatch
+import SafeTensors
+
+/// Process-wide signal behaviour of the `peftkit` executable (not of in-process callers, which keep their own).
+public enum ProcessSignals {
+    /// Kept alive for the life of the process.
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    /// - SIGINT / SIGTERM: remove every temporary output being written, then exit with 128 + the signal number.
+    /// - SIGXFSZ (a file size limit reached): ignored, so the write fails with EFBIG and is reported as an error.
+    /// - SIGBUS from a mapped input that shrank: absorbed and reported as an error (see `BusErrorGuard`).
+    public static func install() {
+        signal(SIGXFSZ, SIG_IGN)
+        BusErrorGuard.install()
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                TemporaryOutputs.shared.removeAll()
+                FileDescriptorWriter.write("\npeftkit: interrupted; temporary output removed\n", to: 2)
+                _exit(128 + signalNumber)
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+}
