@@ -16,6 +16,12 @@ public enum BusErrorGuard {
         return false
     }
 
+    /// Drops the faults recorded in `range`, when its mapping goes away (another mapping may reuse the addresses).
+    public static func forget(_ range: Range<UInt>) {
+        guard installed else { return }
+        for i in 0..<capacity where range.contains(faultAddresses[i]) { faultAddresses[i] = 0 }
+    }
+
     /// Installs the handler (idempotent).
     public static func install() {
         guard !installed else { return }

@@ -63,7 +63,12 @@ public final class SafeTensorsFile: @unchecked Sendable {
     }
 
     deinit {
-        if let mapping { munmap(UnsafeMutableRawPointer(mutating: mapping), fileSize) }
+        if let mapping {
+            munmap(UnsafeMutableRawPointer(mutating: mapping), fileSize)
+            #if canImport(Glibc)
+            BusErrorGuard.forget(UInt(bitPattern: mapping)..<UInt(bitPattern: mapping + fileSize))
+            #endif
+        }
         close(descriptor)
     }
 
