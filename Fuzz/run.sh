@@ -85,8 +85,8 @@ gather_seeds() {
         pickle) ;;
         peftkit) files=("$here"/seeds/peftkit/*) ;;
     esac
-    # Regression inputs of earlier finds: Tests/<suite>/Regressions/<target>-*.
-    files+=("$root"/Tests/*/Regressions/"$target"-*)
+    # Earlier finds, minimised (also byte literals in the FuzzRegressionTests of the test targets).
+    files+=("$here"/regressions/"$target"/*)
     local file
     for file in "${files[@]}"; do
         cp "$file" "$seeds/$(echo "${file#"$root"/}" | tr '/' '_')"

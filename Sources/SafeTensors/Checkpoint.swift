@@ -137,7 +137,10 @@ public struct ShardIndex: Sendable, Equatable {
     public static func read(path: String) throws -> ShardIndex {
         let data: Data
         do {
-            data = try Data(contentsOf: URL(fileURLWithPath: path))
+            // Foundation leaks a 4 KiB buffer on every read of an empty file: an empty file needs no reading.
+            let attributes = try? FileManager.default.attributesOfItem(atPath: path)
+            let isEmptyFile = attributes?[.type] as? FileAttributeType == .typeRegular && attributes?[.size] as? Int == 0
+            data = isEmptyFile ? Data() : try Data(contentsOf: URL(fileURLWithPath: path))
         } catch {
             throw SafeTensorsError.io(file: path, operation: "read", reason: error.localizedDescription)
         }

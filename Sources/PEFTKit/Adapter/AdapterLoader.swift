@@ -77,6 +77,10 @@ public enum AdapterLoader {
         if let size = attributes?[.size] as? Int, size > 16 << 20 {
             throw PEFTKitError(.invalidConfig, file: path, "\(size) bytes is far larger than any adapter config")
         }
+        // Foundation leaks a 4 KiB buffer on every read of an empty file: an empty file needs no reading.
+        if attributes?[.type] as? FileAttributeType == .typeRegular && attributes?[.size] as? Int == 0 {
+            return try StrictJSON.parse([], source: path)
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw PEFTKitError(.io, file: path, "cannot read the file")
         }
