@@ -334,7 +334,84 @@ CONTROLS = []
 
 def case(slug, category, description, files, command, exit, fragment, marker=None):
     CASES.append(dict(slug=slug, category=category, description=description, files=files, command=command,
-                      exit=exit, stderr_contains=fragment, marker=marker))
+                      exit=exit, stderr_contains=fragment, marker=marker, rule=RULES.get(slug)))
+
+
+# The SafeTensorsError rule (its case name) each safetensors and index case breaks. CorpusTests opens these inputs
+# in-process too and checks the rule, and that together they cover every validation rule of the reader.
+RULES = {
+    "file-too-small": "fileTooSmall",
+    "header-length-zero": "invalidJSON",
+    "header-length-over-limit": "headerTooLarge",
+    "header-length-u64-max": "headerTooLarge",
+    "header-length-i64-min": "headerTooLarge",
+    "header-past-end": "headerPastEnd",
+    "invalid-utf8": "headerNotUTF8",
+    "overlong-utf8": "headerNotUTF8",
+    "byte-order-mark": "invalidJSON",
+    "lone-surrogate": "invalidJSON",
+    "lone-low-surrogate": "invalidJSON",
+    "raw-control-character": "invalidJSON",
+    "not-an-object": "headerNotObject",
+    "header-is-a-string": "headerNotObject",
+    "block-comment": "invalidJSON",
+    "line-comment": "invalidJSON",
+    "trailing-comma-object": "invalidJSON",
+    "trailing-comma-array": "invalidJSON",
+    "nul-in-header": "invalidJSON",
+    "single-quotes": "invalidJSON",
+    "nan-literal": "invalidJSON",
+    "truncated-json": "invalidJSON",
+    "deep-nesting": "invalidJSON",
+    "duplicate-key": "duplicateKey",
+    "duplicate-key-escaped": "duplicateKey",
+    "duplicate-metadata-key": "duplicateKey",
+    "metadata-value-not-string": "invalidMetadata",
+    "metadata-not-object": "invalidMetadata",
+    "entry-not-object": "invalidEntry",
+    "missing-dtype": "invalidEntry",
+    "unexpected-field": "invalidEntry",
+    "unknown-dtype": "unknownDType",
+    "lowercase-dtype": "unknownDType",
+    "negative-dimension": "invalidShape",
+    "float-dimension": "invalidShape",
+    "exponent-dimension": "invalidShape",
+    "string-dimension": "invalidShape",
+    "shape-not-array": "invalidShape",
+    "dimension-beyond-64-bits": "invalidJSON",
+    "element-count-overflow": "sizeOverflow",
+    "bit-count-overflow": "sizeOverflow",
+    "shape-product-wraps-to-zero": "sizeOverflow",
+    "shape-product-wraps-small": "sizeOverflow",
+    "partial-byte": "partialByte",
+    "three-offsets": "invalidOffsets",
+    "one-offset": "invalidOffsets",
+    "float-offset": "invalidOffsets",
+    "negative-offset": "invalidOffsets",
+    "end-before-begin": "invalidOffsets",
+    "byte-length-mismatch": "byteLengthMismatch",
+    "offset-near-2-63": "dataPastEnd",
+    "hole-at-start": "dataHole",
+    "hole-between": "dataHole",
+    "overlap": "dataOverlap",
+    "same-bytes-twice": "dataOverlap",
+    "trailing-bytes": "trailingBytes",
+    "missing-bytes": "dataPastEnd",
+    "no-tensors-but-data": "trailingBytes",
+    "escape-sequence-in-name": "byteLengthMismatch",
+    "index-parent-path": "shardNameNotPlain",
+    "index-absolute-path": "shardNameNotPlain",
+    "index-dot-dot": "shardNameNotPlain",
+    "index-missing-shard": "io",
+    "index-wrong-shard": "tensorNotInNamedShard",
+    "index-unlisted-tensor": "tensorMissingFromIndex",
+    "index-duplicate-tensor": "duplicateTensor",
+    "index-not-strict-json": "invalidJSON",
+    "index-no-weight-map": "invalidIndex",
+    "index-shard-not-string": "invalidIndex",
+    "index-two-index-files": "noCheckpoint",
+    "merge-base-shard-malformed": "dataOverlap",
+}
 
 
 def control(slug, description, files, command):
@@ -861,6 +938,8 @@ def write_case(folder, c):
         description["stderr_contains"] = c["stderr_contains"]
     if c["marker"] is not None:
         description["marker"] = c["marker"]
+    if c.get("rule") is not None:
+        description["rule"] = c["rule"]
     with open(os.path.join(folder, "case.json"), "wb") as f:
         f.write((json.dumps(description, indent=2, ensure_ascii=True) + "\n").encode())
 
@@ -875,6 +954,7 @@ def main():
     controls()
     slugs = [c["slug"] for c in CASES]
     assert len(set(slugs)) == len(slugs), "duplicate slugs"
+    assert set(RULES) == {c["slug"] for c in CASES if c["category"] in ("safetensors", "index")}, "rules"
     for name in ("cases", "controls"):
         shutil.rmtree(os.path.join(HERE, name), ignore_errors=True)
     for number, c in enumerate(CASES, start=1):
