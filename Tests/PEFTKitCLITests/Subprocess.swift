@@ -115,48 +115,76 @@ final class Subprocess {
         try? FileManager.default.removeItem(atPath: logFolder)
     }
 
-    var elapsed: Double { Double(DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1e9 }
+    var elapsed: Double { Self.seconds(since: started) }
+
+    private static func seconds(since start: DispatchTime) -> Double {
+        Double(DispatchTime.now().uptimeNanoseconds - start.uptimeNanoseconds) / 1e9
+    }
 
     func send(_ signal: Int32) { if ending == nil { kill(pid, signal) } }
 
-    /// Reaps the child if it has ended; true once it has.
-    @discardableResult
-    func poll() -> Bool {
-        guard ending == nil else { return true }
-        var status: Int32 = 0
-        let reaped = waitpid(pid, &status, WNOHANG)
-        guard reaped == pid else { return false }
-        endedAt = DispatchTime.now()
-        // <sys/wait.h>'s macros, which Swift does not import: low 7 bits 0 = exited, else the terminating signal.
-        ending = status & 0x7F == 0 ? .exited((status >> 8) & 0xFF) : .signaled(status & 0x7F)
-        return true
-    }
-
-    /// Waits (polling every millisecond, without blocking a thread) until `condition` holds; false if the child ended
-    /// first or `timeout` seconds passed.
-    func waitUntil(timeout: Double = 20, _ condition: () -> Bool) async throws -> Bool {
-        let deadline = elapsed + timeout
-        while elapsed < deadline {
-            if condition() { return true }
-            if poll() { return condition() }
-            try await Task.sleep(nanoseconds: 1_000_000)
+    /// Sends `signal` `milliseconds` after the child started (timed on a thread of its own).
+    func send(_ signal: Int32, afterMilliseconds milliseconds: Int) async {
+        guard ending == nil else { return }
+        let pid = pid, started = started
+        await onOwnThread {
+            let remaining = Double(milliseconds) / 1000 - Self.seconds(since: started)
+            if remaining > 0 { usleep(useconds_t(remaining * 1e6)) }
+            kill(pid, signal)
         }
-        return false
     }
 
-    /// Waits for the child to end; after `timeout` seconds it is killed with SIGKILL and the test fails.
-    func wait(timeout: Double = 60, sourceLocation: SourceLocation = #_sourceLocation) async throws -> SubprocessResult {
-        while !poll() {
-            if elapsed > timeout {
-                Issue.record("the child did not end within \(timeout) s: killed", sourceLocation: sourceLocation)
-                kill(pid, SIGKILL)
-                var status: Int32 = 0
-                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-                endedAt = DispatchTime.now()
-                ending = .signaled(SIGKILL)
-                break
+    /// Whether the child has ended (without reaping it: `waitid` with WNOWAIT).
+    private static func hasEnded(_ pid: pid_t) -> Bool {
+        var info = siginfo_t()
+        guard waitid(P_PID, id_t(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 else { return true }
+        return info._sifields._sigchld.si_pid == pid
+    }
+
+    /// Polls `condition` every millisecond until it holds, then runs `action` at once; false (and no action) if
+    /// the child ended first or `timeout` seconds passed. Polling and action run on a thread of their own: test
+    /// tasks busy on the cooperative pool could otherwise hold this task back until the merge had passed the stage
+    /// it waits for.
+    func when(timeout: Double = 20, _ condition: @escaping @Sendable () -> Bool,
+              _ action: @escaping @Sendable () -> Void) async -> Bool {
+        guard ending == nil else { return false }
+        let pid = pid
+        return await onOwnThread {
+            let start = DispatchTime.now()
+            while Self.seconds(since: start) < timeout && !Self.hasEnded(pid) {
+                if condition() {
+                    action()
+                    return true
+                }
+                usleep(1000)
             }
-            try await Task.sleep(nanoseconds: 1_000_000)
+            return false
+        }
+    }
+
+    /// Waits for the child to end (on a thread of its own, checking every millisecond); after `timeout` seconds it
+    /// is killed with SIGKILL and the test fails.
+    func wait(timeout: Double = 60, sourceLocation: SourceLocation = #_sourceLocation) async throws -> SubprocessResult {
+        if ending == nil {
+            let pid = pid, started = started
+            let (status, endedAt, timedOut) = await onOwnThread { () -> (Int32, DispatchTime, Bool) in
+                var status: Int32 = 0
+                var timedOut = false
+                while true {
+                    let reaped = waitpid(pid, &status, WNOHANG)
+                    if reaped == pid || (reaped < 0 && errno != EINTR) { break }
+                    if Self.seconds(since: started) > timeout && !timedOut {
+                        timedOut = true
+                        kill(pid, SIGKILL)
+                    }
+                    usleep(1000)
+                }
+                return (status, DispatchTime.now(), timedOut)
+            }
+            if timedOut { Issue.record("the child did not end within \(timeout) s: killed", sourceLocation: sourceLocation) }
+            self.endedAt = endedAt
+            // <sys/wait.h>'s macros, which Swift does not import: low 7 bits 0 = exited, else the terminating signal.
+            ending = status & 0x7F == 0 ? .exited((status >> 8) & 0xFF) : .signaled(status & 0x7F)
         }
         let read = { (name: String) in
             (try? String(contentsOfFile: self.logFolder + "/" + name, encoding: .utf8)) ?? ""
@@ -206,6 +234,13 @@ actor ProcessSlots {
         await acquire()
         defer { release() }
         return try await body()
+    }
+}
+
+/// Runs `body` on a new thread and returns its result, leaving the cooperative pool free meanwhile.
+func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
     }
 }
 
