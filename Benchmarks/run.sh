@@ -40,7 +40,7 @@ Options:
   --large           also time the 66-layer checkpoint (make_inputs.py --layers 66)
   --large-runs N    runs for --large (default $LARGE_RUNS)
   --peftkit PATH    peftkit binary (default: $REPO_DIR/.build/release/peftkit,
-                    built with 'swift build -c release' if missing)
+                    built with 'swift build -c release --static-swift-stdlib' if missing)
   --cache DIR       inputs made by make_inputs.py (default $CACHE)
   --results DIR     where latest.md/latest.csv go (default Benchmarks/results)
   --python PATH     Python with torch/peft/transformers (default: \$PYTHON, the active
@@ -78,8 +78,8 @@ resolve_peftkit() {
     if [[ -z "$PEFTKIT" ]]; then
         PEFTKIT="$REPO_DIR/.build/release/peftkit"
         if [[ ! -x "$PEFTKIT" ]]; then
-            echo "building peftkit (swift build -c release) ..."
-            (cd "$REPO_DIR" && swift build -c release --product peftkit) >"$WORK/swift-build.log" 2>&1 \
+            echo "building peftkit (swift build -c release --static-swift-stdlib) ..."
+            (cd "$REPO_DIR" && swift build -c release --product peftkit --static-swift-stdlib) >"$WORK/swift-build.log" 2>&1 \
                 || echo "warning: swift build failed (log: $WORK/swift-build.log); peftkit rows will fail" >&2
         fi
     elif [[ "$PEFTKIT" == */* ]]; then

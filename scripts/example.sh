@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 peftkit_require_packages
 
-swift build -c release --product peftkit >&2
+# A statically linked Swift runtime starts in about 5 ms less than a dynamically linked one.
+swift build -c release --product peftkit --static-swift-stdlib >&2
 peftkit=.build/release/peftkit
 example=fixtures/cases/lora-llama-f32
 output=${PEFTKIT_EXAMPLE_OUTPUT:-${TMPDIR:-/tmp}/peftkit-example-merged}

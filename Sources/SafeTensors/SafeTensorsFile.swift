@@ -150,16 +150,21 @@ public final class SafeTensorsFile: @unchecked Sendable {
     }
 
     /// Drops the tensor's pages from this process's resident set (they stay in the page cache), keeping memory flat
-    /// while a large checkpoint streams through.
+    /// while a large checkpoint streams through. A page fault also maps cached neighbours — a 64 KiB fault-around
+    /// window, or a whole large folio (up to 2 MiB) for data freshly read from disk — which would otherwise stay
+    /// resident after their own tensor was released; the range released is widened by that much on both sides.
     public func release(_ tensor: TensorInfo) {
-        advise(tensor, MADV_DONTNEED)
+        advise(tensor, MADV_DONTNEED, margin: Self.neighbourBytes)
     }
 
-    private func advise(_ tensor: TensorInfo, _ advice: Int32) {
+    /// How far beyond a faulting page the kernel may map: the largest common folio.
+    static let neighbourBytes = 2 << 20
+
+    private func advise(_ tensor: TensorInfo, _ advice: Int32, margin: Int = 0) {
         guard let mapping, tensor.byteCount > 0 else { return }
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let begin = (dataStart + tensor.dataOffsets.lowerBound) / page * page
-        let end = dataStart + tensor.dataOffsets.upperBound
+        let begin = max(0, dataStart + tensor.dataOffsets.lowerBound - margin) / page * page
+        let end = min(fileSize, dataStart + tensor.dataOffsets.upperBound + margin)
         madvise(UnsafeMutableRawPointer(mutating: mapping + begin), end - begin, advice)
     }
 }

@@ -17,10 +17,12 @@ private let deadPID: Int32 = 99_999_999
         let me = getpid()
         let stale = [
             ".peftkit-tmp-merged-\(deadPID)-1a2b3c",
-            ".peftkit-tmp-merged-\(deadPID)-1a2b3c-old",  // a --force swap that was killed half-way
             ".peftkit-tmp-merged-\(deadPID)-1a2b3c-removing",  // a SIGINT clean-up that was killed half-way
         ]
         let kept = [
+            // An old output moved aside by a --force that was killed half-way: the user's data, never removed.
+            ".peftkit-old-merged-\(deadPID)-1a2b3c",
+            ".peftkit-tmp-merged-\(deadPID)-1a2b3c-old",
             ".peftkit-tmp-merged-\(me)-4d5e6f",  // a live process (this one) writing `merged`
             ".peftkit-tmp-merged-\(getppid())-4d5e6f",  // another live process writing `merged`
             // Live processes writing other outputs whose names start with "merged-": not ours to touch, whatever

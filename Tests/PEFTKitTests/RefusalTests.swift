@@ -133,3 +133,45 @@ func badConfigsAreRefusedNamingTheField(config: String, fragment: String) throws
         #expect(error.localizedDescription.contains(fragment), "\(error.localizedDescription)")
     }
 }
+
+@Test func outputDTypeConvertsEveryFloatTensorAndTheConfig() throws {
+    let folder = try scratchWithBase()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try Data("{\n  \"model_type\": \"synthetic\",\n  \"torch_dtype\": \"bfloat16\"\n}\n".utf8)
+        .write(to: URL(fileURLWithPath: folder + "/base/config.json"))
+    try writeAdapter(to: folder + "/adapter", config: lora, tensors: [
+        ("layer.lora_A.weight", [2, 4], [Float](repeating: 0.1, count: 8)),
+        ("layer.lora_B.weight", [6, 2], [Float](repeating: 0.1, count: 12))])
+    let summary = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"],
+                                                   output: folder + "/out", outputDType: .f32))
+    #expect(summary.transformed == 1 && summary.converted == 1)
+    let merged = try Checkpoint(path: folder + "/out")
+    #expect(merged.tensors.allSatisfy { $0.info.dtype == .f32 })
+    // The untouched tensor's values survive the conversion exactly (bf16 → f32 is exact).
+    #expect(try readTensor(folder + "/out", "other.weight").values == [1, 2, 3, 4, 5, 6])
+    let config = try AdapterLoader.readJSON(folder + "/out/config.json")
+    #expect(config["torch_dtype"]?.stringValue == "float32")
+}
+
+@Test func replacingATiedHeadUntiesItInTheSavedConfig() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    // A base that ties its output head to the embedding and so stores only the embedding.
+    try FileManager.default.createDirectory(atPath: folder + "/base", withIntermediateDirectories: true)
+    let embedding = (0..<12).map { Float($0) }
+    let writer = try SafeTensorsWriter(path: folder + "/base/model.safetensors",
+                                       tensors: [TensorSpec(name: "model.embed_tokens.weight", dtype: .f32, shape: [4, 3])])
+    try embedding.withUnsafeBytes { try writer.write("model.embed_tokens.weight", bytes: $0) }
+    try writer.finish(sync: false)
+    try Data("{\"tie_word_embeddings\": true}".utf8).write(to: URL(fileURLWithPath: folder + "/base/config.json"))
+    let head = (0..<12).map { Float(100 + $0) }
+    try writeAdapter(to: folder + "/adapter",
+                     config: "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4, \"modules_to_save\": [\"lm_head\"]}",
+                     tensors: [("lm_head.weight", [4, 3], head)])
+    let summary = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
+    #expect(summary.replaced == 1)
+    #expect(summary.notes.contains { $0.contains("tie_word_embeddings: false") })
+    #expect(try readTensor(folder + "/out", "lm_head.weight").values == head)
+    #expect(try readTensor(folder + "/out", "model.embed_tokens.weight").values == embedding)
+    #expect(try AdapterLoader.readJSON(folder + "/out/config.json")["tie_word_embeddings"] == .bool(false))
+}

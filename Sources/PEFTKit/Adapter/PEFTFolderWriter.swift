@@ -16,24 +16,11 @@ public enum PEFTFolderWriter {
     /// Writes `adapter` into the folder `path`.
     /// - Parameter force: replace whatever is at `path`; without it an existing path is refused.
     public static func write(_ adapter: Adapter, to path: String, force: Bool = false) throws {
-        try OutputPath.checkWritable(path, force: force, expectFolder: true)
-        let (parent, name) = OutputPath.split(path)
-        let temporary = OutputPath.sibling(of: parent, name: name, tag: SafeTensorsWriter.temporaryPrefix)
-        guard mkdir(temporary, 0o755) == 0 else {
-            throw PEFTKitError(.io, file: path, "cannot create a temporary folder beside it: \(OutputPath.errnoText())")
-        }
-        TemporaryOutputs.shared.register(temporary)
-        defer { TemporaryOutputs.shared.unregister(temporary) }
-        do {
-            let configPath = (temporary as NSString).appendingPathComponent(AdapterLoader.configFileName)
-            try OutputPath.writeFile(configPath, contents: Array(configText(adapter.config).utf8), reportedAs: path)
-            try writeTensors(adapter, to: (temporary as NSString).appendingPathComponent(AdapterLoader.safetensorsFileName))
-            OutputPath.syncFolder(temporary)
-            try OutputPath.moveIntoPlace(temporary, path, replacing: force)
-        } catch {
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw error
-        }
+        let folder = try OutputFolder(finalPath: path, force: force)
+        try OutputPath.writeFile(folder.path(of: AdapterLoader.configFileName), contents: Array(configText(adapter.config).utf8),
+                                 reportedAs: path)
+        try writeTensors(adapter, to: folder.path(of: AdapterLoader.safetensorsFileName))
+        try folder.publish()  // on any error above, the folder's deinit removes the temporary
     }
 
     /// The config as PEFT's `save_pretrained` writes it: `json.dumps(config, indent=2, sort_keys=True)`. The parsed

@@ -51,7 +51,7 @@ public enum MergeEngine {
     /// stay in the CPU cache, large enough for efficient BLAS calls.
     static let sliceElements = 1 << 18
     /// Untouched tensors are copied in pieces of this many bytes, each released from memory once written.
-    static let copyChunkBytes = 32 << 20
+    static let copyChunkBytes = 8 << 20
     /// Condition number above which an unmerge warns that the solve amplifies the merged file's rounding.
     public static let conditionWarningThreshold = 1e4
 
@@ -196,14 +196,13 @@ public enum MergeEngine {
         let source = task.source!
         if task.outputDType == source.info.dtype && task.name == source.info.name {
             let tensor = StoredTensor(view: try source.file.view(source.info))
-            var offset = 0, previousOffset = 0
+            var offset = 0
             repeat {
                 let end = min(tensor.byteCount, offset + copyChunkBytes)
                 try tensor.withBytes { bytes in
                     try writer.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
                 }
-                tensor.release(bytes: previousOffset..<end)  // the previous chunk too: see `transform`
-                previousOffset = offset
+                tensor.release(bytes: offset..<end)
                 offset = end
             } while offset < tensor.byteCount
             state.update { $0.copied += 1 }
@@ -326,10 +325,7 @@ public enum MergeEngine {
         let inSize = start.dtype.bitWidth / 8, outSize = task.outputDType.bitWidth / 8
         let isUnmerge = state.plan.request.direction == .unmerge
         let allowNonFinite = state.plan.request.allowNonFinite
-        var firstRow = 0, previousFirstRow = 0
-        // A page fault maps up to 64 KiB of cached neighbours too ("fault-around"), so the tail of the slice before
-        // comes back into the resident set; each release also covers the previous slice, and the end the whole tensor.
-        defer { start.release(bytes: 0..<start.byteCount) }
+        var firstRow = 0
         while firstRow < rows {
             let rowRange = firstRow..<min(rows, firstRow + rowsPerSlice)
             let count = rowRange.count * columns
@@ -350,8 +346,7 @@ public enum MergeEngine {
                 let bound = driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType, operations: operations)
                 state.update { $0.driftBound = max($0.driftBound, bound) }
             }
-            start.release(bytes: previousFirstRow * columns * inSize ..< rowRange.upperBound * columns * inSize)
-            previousFirstRow = firstRow
+            start.release(bytes: firstRow * columns * inSize ..< rowRange.upperBound * columns * inSize)
             firstRow = rowRange.upperBound
         }
     }

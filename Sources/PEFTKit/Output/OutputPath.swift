@@ -20,7 +20,7 @@ enum OutputPath {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         guard force else {
-            throw PEFTKitError(.io, file: path, "already exists; not overwriting it without --force")
+            throw PEFTKitError(.io, file: path, "already exists (use --force to replace it)")
         }
         _ = FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
         if isFolder.boolValue != expectFolder {
