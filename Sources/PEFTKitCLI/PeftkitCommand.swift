@@ -51,6 +51,9 @@ extension PeftkitCommand {
             return ExitStatus.success.rawValue
         } catch {
             let status = ExitStatus(for: error)
+            // SIGINT/SIGTERM removed the files this command was writing: its failure is the interruption's, which
+            // reports itself.
+            if TemporaryOutputs.shared.isInterrupted { return status.rawValue }
             switch error {
             case is ExitStatus:
                 // The command has reported already (a failed check); the status says the rest.

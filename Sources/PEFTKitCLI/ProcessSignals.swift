@@ -27,4 +27,14 @@ public enum ProcessSignals {
             sources.append(source)
         }
     }
+
+    /// Ends the process with `status`, unless an interruption is cleaning up: then whatever failed on this thread
+    /// failed because the clean-up removed its files, and the clean-up, which ends the process with 128 + the signal
+    /// in a moment, must have the last word.
+    public static func exit(_ status: Int32) -> Never {
+        if TemporaryOutputs.shared.isInterrupted {
+            while true { pause() }
+        }
+        Glibc.exit(status)
+    }
 }

@@ -9,6 +9,6 @@ import Darwin
 struct Entry {
     static func main() async {
         ProcessSignals.install()
-        exit(await PeftkitCommand.run(arguments: Array(CommandLine.arguments.dropFirst())))
+        ProcessSignals.exit(await PeftkitCommand.run(arguments: Array(CommandLine.arguments.dropFirst())))
     }
 }

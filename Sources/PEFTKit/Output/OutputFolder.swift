@@ -64,12 +64,17 @@ final class OutputFolder {
     }
 
     /// Temporary folders for the same output whose process no longer runs were left by a crash: remove them.
+    /// Their names are exactly `<prefix><name>-<pid>-<hex>` (`OutputPath.sibling`), or that followed by `-removing`
+    /// (what an interrupted clean-up renames a temporary to); anything else, such as the temporary of an output named
+    /// `<name>-2`, is not ours.
     static func removeStaleTemporaries(in parent: String, for name: String) {
         let prefix = "\(SafeTensorsWriter.temporaryPrefix)\(name)-"
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: parent) else { return }
         for entry in entries where entry.hasPrefix(prefix) {
-            let rest = entry.dropFirst(prefix.count)
-            guard let pid = rest.split(separator: "-").first.flatMap({ Int32($0) }) else { continue }
+            let parts = entry.dropFirst(prefix.count).split(separator: "-", omittingEmptySubsequences: false)
+            guard parts.count == 2 || (parts.count == 3 && parts[2] == "removing"),
+                  let pid = Int32(parts[0]), pid > 0, !parts[1].isEmpty, UInt32(parts[1], radix: 16) != nil
+            else { continue }
             if pid != getpid() && kill(pid, 0) != 0 && errno == ESRCH {
                 try? FileManager.default.removeItem(atPath: (parent as NSString).appendingPathComponent(entry))
             }

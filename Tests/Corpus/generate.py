@@ -1,0 +1,972 @@
+#!/usr/bin/env python3
+"""Writes peftkit's adversarial corpus: Tests/Corpus/cases/<NNN>-<slug>/ and Tests/Corpus/controls/<slug>/.
+
+Every case is a set of hostile input files plus a case.json:
+
+    {"description": ..., "category": ...,
+     "command": ["merge", "{case}/base", "{case}/adapter", "--output", "{output}"],
+     "exit": 3, "stderr_contains": "...", "marker": "/tmp/peftkit-pwned-..."  (pickle payloads only)}
+
+`{case}` stands for the case's folder, `{output}` for a path in a fresh empty folder. Tests/PEFTKitCLITests/
+CorpusTests.swift runs the real `peftkit` executable on each case and checks that it ends with that exit status,
+one `peftkit: ` message containing the fragment, within a second, with nothing written to the output and no marker
+file created. The controls are the same inputs without the defect: they must succeed, which shows that each case is
+refused for its own defect and not for something the generator got wrong.
+
+Plain Python 3 standard library only (no torch, no numpy): safetensors, ZIP archives and pickles are written byte by
+byte. The output is deterministic, so regenerating leaves `git status` clean. Run from anywhere:
+
+    python3 Tests/Corpus/generate.py
+
+The pickle payloads are real: under Python's own `pickle.loads` they would run `touch <marker>` (or the like) and
+create the marker file. peftkit must refuse them without running anything.
+"""
+
+import json
+import os
+import shutil
+import struct
+import zlib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MARKER_PREFIX = "/tmp/peftkit-pwned-"
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bytes
+
+def f32(values):
+    return struct.pack("<%df" % len(values), *values)
+
+
+def ramp(count, seed=0):
+    """Small deterministic floats, exactly representable."""
+    return [((i * 7 + seed * 13) % 17 - 8) / 16.0 for i in range(count)]
+
+
+def st_json(obj):
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True)
+
+
+def safetensors(tensors, metadata=None):
+    """A valid safetensors file. tensors: [(name, dtype, shape, data bytes)], laid out in the order given."""
+    header = {}
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    offset = 0
+    for name, dtype, shape, data in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + len(data)]}
+        offset += len(data)
+    text = st_json(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(t[3] for t in tensors)
+
+
+def raw_safetensors(header, data=0, length=None):
+    """A file with exactly this header (str or bytes), `data` zero bytes (or these bytes) after it, and the header
+    length written as `length` when given."""
+    if isinstance(header, str):
+        header = header.encode()
+    if isinstance(data, int):
+        data = bytes(data)
+    return struct.pack("<Q", len(header) if length is None else length) + header + data
+
+
+def entry(name, dtype="F32", shape="[2]", offsets="[0,8]"):
+    return '"%s":{"dtype":"%s","shape":%s,"data_offsets":%s}' % (name, dtype, shape, offsets)
+
+
+def pretty(obj):
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=True) + "\n").encode()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A tiny model and LoRA adapter, the valid starting point of every merge case
+
+MODULE = "model.layers.0.self_attn.q_proj"
+WEIGHT = MODULE + ".weight"
+KEY = "base_model.model." + MODULE
+LORA_A = KEY + ".lora_A.weight"
+LORA_B = KEY + ".lora_B.weight"
+OUT, IN, RANK = 8, 8, 2
+
+
+def base_tensors(seed=1, shape=(OUT, IN), dtype="F32", name=WEIGHT):
+    count = shape[0] * shape[1]
+    data = f32(ramp(count, seed)) if dtype == "F32" else struct.pack("<%di" % count, *range(count))
+    return [(name, dtype, list(shape), data),
+            ("model.norm.weight", "F32", [IN], f32([1.0] * IN))]
+
+
+def base_files(prefix="base", **options):
+    return {
+        prefix + "/model.safetensors": safetensors(base_tensors(**options), {"format": "pt"}),
+        prefix + "/config.json": pretty({"model_type": "llama", "hidden_size": IN, "torch_dtype": "float32"}),
+    }
+
+
+def lora_config(**changes):
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 4, "lora_dropout": 0.0,
+        "target_modules": ["q_proj"], "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+        "base_model_name_or_path": "tiny-llama",
+    }
+    for key, value in changes.items():
+        if value is DELETE:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+DELETE = object()
+
+
+def lora_tensors(rank=RANK, out=OUT, inp=IN):
+    return [(LORA_A, "F32", [rank, inp], f32(ramp(rank * inp, 3))),
+            (LORA_B, "F32", [out, rank], f32(ramp(out * rank, 5)))]
+
+
+def adapter_files(prefix="adapter", config=None, tensors=None, config_bytes=None):
+    files = {prefix + "/adapter_config.json": config_bytes if config_bytes is not None
+             else pretty(config if config is not None else lora_config())}
+    if tensors is not False:
+        files[prefix + "/adapter_model.safetensors"] = safetensors(
+            tensors if tensors is not None else lora_tensors(), {"format": "pt"})
+    return files
+
+
+MERGE = ["merge", "{case}/base", "{case}/adapter", "--output", "{output}"]
+
+# ----------------------------------------------------------------------------------------------------------------
+# peftkit adapter files (spec/adapter-format.md)
+
+def crc_hex(data):
+    return "%08x" % (zlib.crc32(data) & 0xFFFFFFFF)
+
+
+def fingerprint(base):
+    """v1 fingerprint of the adapted weight in `base` (list of base tensors)."""
+    name, dtype, shape, data = [t for t in base if t[0] == WEIGHT][0]
+    text = "%d:%s %s [%s] %s\n" % (len(name.encode()), name, dtype, ",".join(map(str, shape)), crc_hex(data))
+    return "v1:" + crc_hex(text.encode())
+
+
+def peftkit_file(tensors=None, corrupt=None, **metadata_changes):
+    tensors = tensors if tensors is not None else lora_tensors()
+    config = lora_config()
+    module = {"kind": "linear", "rank": RANK, "alpha": 4.0, "scaling": 2.0, "fan_in_fan_out": False,
+              "tensors": {"lora_A.weight": LORA_A, "lora_B.weight": LORA_B}}
+    metadata = {
+        "format": "pt",
+        "peftkit.format": "peftkit-adapter",
+        "peftkit.version": "1.0",
+        "peftkit.method": "lora",
+        "peftkit.variant": "default",
+        "peftkit.source_format": "peft-safetensors",
+        "peftkit.base_model": "tiny-llama",
+        "peftkit.modules": st_json({MODULE: module}),
+        "peftkit.carried": "{}",
+        "peftkit.crc32": st_json({t[0]: crc_hex(t[3]) for t in sorted(tensors)}),
+        "peftkit.peft_config": st_json(config),
+    }
+    for key, value in metadata_changes.items():
+        key = key.replace("__", ".")
+        if value is DELETE:
+            metadata.pop(key, None)
+        else:
+            metadata[key] = value
+    if corrupt is not None:
+        # Flip one bit of one tensor after its CRC was recorded.
+        tensors = [(n, d, s, bytes([b ^ 0x01 if i == 0 and n == corrupt else b for i, b in enumerate(data)]))
+                   for n, d, s, data in tensors]
+    return safetensors(tensors, metadata)
+
+
+PEFTKIT_MERGE = ["merge", "{case}/base", "{case}/adapter.safetensors", "--output", "{output}"]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Legacy adapter_model.bin: ZIP archives and pickles written by hand
+
+class Pickle:
+    """Protocol-2 pickle opcodes, in torch.save's layout for state dicts, plus whatever a hostile file holds."""
+
+    def __init__(self, protocol=2):
+        self.b = bytearray([0x80, protocol])
+
+    def raw(self, *values):
+        self.b += bytes(values)
+        return self
+
+    def data(self, data):
+        self.b += data
+        return self
+
+    def mark(self): return self.raw(0x28)
+    def tuple(self): return self.raw(0x74)
+    def tuple1(self): return self.raw(0x85)
+    def empty_tuple(self): return self.raw(0x29)
+    def reduce(self): return self.raw(0x52)
+    def setitems(self): return self.raw(0x75)
+    def stop(self): return self.raw(0x2E)
+    def pop(self): return self.raw(0x30)
+    def binput(self, index): return self.raw(0x71, index)
+
+    def glob(self, module, name):
+        self.b += b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+        return self
+
+    def string(self, text):
+        data = text.encode()
+        self.b += b"X" + struct.pack("<I", len(data)) + data
+        return self
+
+    def int(self, value):
+        if 0 <= value <= 255:
+            self.raw(0x4B, value)
+        elif -2**31 <= value < 2**31:
+            self.b += b"J" + struct.pack("<i", value)
+        else:
+            self.b += b"\x8a\x08" + struct.pack("<q", value)
+        return self
+
+    def ints(self, values):
+        self.mark()
+        for v in values:
+            self.int(v)
+        return self.tuple()
+
+    def storage_id(self, key, count, storage_type="FloatStorage"):
+        return (self.mark().string("storage").glob("torch", storage_type).string(key).string("cpu").int(count)
+                .tuple().raw(0x51))  # BINPERSID
+
+    def tensor(self, key, count, shape, stride, offset=0, storage_type="FloatStorage"):
+        self.glob("torch._utils", "_rebuild_tensor_v2").mark()
+        self.storage_id(key, count, storage_type)
+        self.int(offset).ints(shape).ints(stride).raw(0x89)  # NEWFALSE
+        self.glob("collections", "OrderedDict").empty_tuple().reduce()
+        return self.tuple().reduce()
+
+    def dict_start(self):
+        return self.glob("collections", "OrderedDict").empty_tuple().reduce().binput(0).mark()
+
+    def dict_end(self):
+        return self.setitems().stop()
+
+    def bytes(self):
+        return bytes(self.b)
+
+
+def lora_state_dict_pickle(payload=None):
+    """The state dict torch.save writes for the LoRA adapter, optionally preceded by a payload (a callable applied
+    and its result popped, which a real unpickler would run before building the dict)."""
+    p = Pickle()
+    if payload is not None:
+        payload(p)
+        p.pop()
+    p.dict_start()
+    p.string(LORA_A).tensor("0", RANK * IN, [RANK, IN], [IN, 1])
+    p.string(LORA_B).tensor("1", OUT * RANK, [OUT, RANK], [RANK, 1])
+    return p.dict_end().bytes()
+
+
+class Zip:
+    """ZIP archives of stored entries, with knobs to break them."""
+
+    def __init__(self):
+        self.entries = []
+
+    def add(self, name, data, method=0, flags=0, crc=None, compress=False, size=None):
+        stored = data
+        if compress:
+            deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+            stored = deflate.compress(data) + deflate.flush()
+            method = 8
+        self.entries.append(dict(name=name.encode(), data=data, stored=stored, method=method, flags=flags,
+                                 crc=zlib.crc32(data) & 0xFFFFFFFF if crc is None else crc,
+                                 size=size))
+        return self
+
+    def build(self, entry_count=None):
+        out = bytearray()
+        offsets = []
+        for e in self.entries:
+            offsets.append(len(out))
+            size = len(e["data"]) if e["size"] is None else e["size"]
+            out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, e["flags"], e["method"], 0, 0x21, e["crc"],
+                               len(e["stored"]) if e["size"] is None else e["size"], size, len(e["name"]), 0)
+            out += e["name"] + e["stored"]
+        directory = len(out)
+        for e, offset in zip(self.entries, offsets):
+            size = len(e["data"]) if e["size"] is None else e["size"]
+            out += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, e["flags"], e["method"], 0, 0x21, e["crc"],
+                               len(e["stored"]) if e["size"] is None else e["size"], size, len(e["name"]),
+                               0, 0, 0, 0, 0, offset)
+            out += e["name"]
+        count = len(self.entries) if entry_count is None else entry_count
+        out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, count, count, len(out) - directory, directory, 0)
+        return bytes(out)
+
+
+def torch_zip(pickle_bytes, root="adapter_model", storages=None, byteorder=b"little"):
+    z = Zip()
+    z.add(root + "/data.pkl", pickle_bytes)
+    if byteorder is not None:
+        z.add(root + "/byteorder", byteorder)
+    if storages is None:
+        storages = [("0", f32(ramp(RANK * IN, 3))), ("1", f32(ramp(OUT * RANK, 5)))]
+    for key, data in storages:
+        z.add(root + "/data/" + key, data)
+    return z
+
+
+def legacy_files(bin_bytes, prefix="adapter"):
+    return {prefix + "/adapter_config.json": pretty(lora_config()), prefix + "/adapter_model.bin": bin_bytes}
+
+
+CONVERT = ["convert", "{case}/adapter", "--to", "peftkit", "--output", "{output}"]
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cases
+
+CASES = []
+CONTROLS = []
+
+
+def case(slug, category, description, files, command, exit, fragment, marker=None):
+    CASES.append(dict(slug=slug, category=category, description=description, files=files, command=command,
+                      exit=exit, stderr_contains=fragment, marker=marker, rule=RULES.get(slug)))
+
+
+# The SafeTensorsError rule (its case name) each safetensors and index case breaks. CorpusTests opens these inputs
+# in-process too and checks the rule, and that together they cover every validation rule of the reader.
+RULES = {
+    "file-too-small": "fileTooSmall",
+    "header-length-zero": "invalidJSON",
+    "header-length-over-limit": "headerTooLarge",
+    "header-length-u64-max": "headerTooLarge",
+    "header-length-i64-min": "headerTooLarge",
+    "header-past-end": "headerPastEnd",
+    "invalid-utf8": "headerNotUTF8",
+    "overlong-utf8": "headerNotUTF8",
+    "byte-order-mark": "invalidJSON",
+    "lone-surrogate": "invalidJSON",
+    "lone-low-surrogate": "invalidJSON",
+    "raw-control-character": "invalidJSON",
+    "not-an-object": "headerNotObject",
+    "header-is-a-string": "headerNotObject",
+    "block-comment": "invalidJSON",
+    "line-comment": "invalidJSON",
+    "trailing-comma-object": "invalidJSON",
+    "trailing-comma-array": "invalidJSON",
+    "nul-in-header": "invalidJSON",
+    "single-quotes": "invalidJSON",
+    "nan-literal": "invalidJSON",
+    "truncated-json": "invalidJSON",
+    "deep-nesting": "invalidJSON",
+    "duplicate-key": "duplicateKey",
+    "duplicate-key-escaped": "duplicateKey",
+    "duplicate-metadata-key": "duplicateKey",
+    "metadata-value-not-string": "invalidMetadata",
+    "metadata-not-object": "invalidMetadata",
+    "entry-not-object": "invalidEntry",
+    "missing-dtype": "invalidEntry",
+    "unexpected-field": "invalidEntry",
+    "unknown-dtype": "unknownDType",
+    "lowercase-dtype": "unknownDType",
+    "negative-dimension": "invalidShape",
+    "float-dimension": "invalidShape",
+    "exponent-dimension": "invalidShape",
+    "string-dimension": "invalidShape",
+    "shape-not-array": "invalidShape",
+    "dimension-beyond-64-bits": "invalidJSON",
+    "element-count-overflow": "sizeOverflow",
+    "bit-count-overflow": "sizeOverflow",
+    "shape-product-wraps-to-zero": "sizeOverflow",
+    "shape-product-wraps-small": "sizeOverflow",
+    "partial-byte": "partialByte",
+    "three-offsets": "invalidOffsets",
+    "one-offset": "invalidOffsets",
+    "float-offset": "invalidOffsets",
+    "negative-offset": "invalidOffsets",
+    "end-before-begin": "invalidOffsets",
+    "byte-length-mismatch": "byteLengthMismatch",
+    "offset-near-2-63": "dataPastEnd",
+    "hole-at-start": "dataHole",
+    "hole-between": "dataHole",
+    "overlap": "dataOverlap",
+    "same-bytes-twice": "dataOverlap",
+    "trailing-bytes": "trailingBytes",
+    "missing-bytes": "dataPastEnd",
+    "no-tensors-but-data": "trailingBytes",
+    "escape-sequence-in-name": "byteLengthMismatch",
+    "index-parent-path": "shardNameNotPlain",
+    "index-absolute-path": "shardNameNotPlain",
+    "index-dot-dot": "shardNameNotPlain",
+    "index-missing-shard": "io",
+    "index-wrong-shard": "tensorNotInNamedShard",
+    "index-unlisted-tensor": "tensorMissingFromIndex",
+    "index-duplicate-tensor": "duplicateTensor",
+    "index-not-strict-json": "invalidJSON",
+    "index-no-weight-map": "invalidIndex",
+    "index-shard-not-string": "invalidIndex",
+    "index-two-index-files": "noCheckpoint",
+    "merge-base-shard-malformed": "dataOverlap",
+}
+
+
+def control(slug, description, files, command):
+    CONTROLS.append(dict(slug=slug, category="control", description=description, files=files, command=command,
+                         exit=0, stderr_contains=None, marker=None))
+
+
+INSPECT_FILE = ["inspect", "{case}/model.safetensors"]
+
+
+def st_case(slug, description, content, fragment, exit=2):
+    case(slug, "safetensors", description, {"model.safetensors": content}, INSPECT_FILE, exit, fragment)
+
+
+def safetensors_cases():
+    a = entry("a")
+    # Framing
+    st_case("file-too-small", "3 bytes: not even the 8-byte header length", b"\x01\x02\x03",
+            "too small for a safetensors file")
+    st_case("header-length-zero", "header length 0: an empty header is not a JSON object",
+            raw_safetensors(b""), "header is not strict JSON")
+    st_case("header-length-over-limit", "header length 100000001, one over the limit, and nothing behind it",
+            raw_safetensors("{}", length=100_000_001), "header length 100000001 exceeds the limit of 100000000 bytes")
+    st_case("header-length-u64-max", "header length 2^64-1: 8 + N overflows a naive addition",
+            raw_safetensors("{}", length=2**64 - 1), "header length 18446744073709551615 exceeds the limit")
+    st_case("header-length-i64-min", "header length 2^63: negative when read as a signed integer",
+            raw_safetensors("{}", length=2**63), "header length 9223372036854775808 exceeds the limit")
+    st_case("header-past-end", "header length 64 in a 10-byte file",
+            raw_safetensors("{}", length=64), "header length 64 runs past the end of the 10-byte file")
+    # Text
+    st_case("invalid-utf8", "a 0xFF byte inside a tensor name", raw_safetensors(b'{"\xff":1}'),
+            "header is not valid UTF-8")
+    st_case("overlong-utf8", "'/' encoded as the overlong pair C0 AF", raw_safetensors(b'{"a\xc0\xafb":1}'),
+            "header is not valid UTF-8")
+    st_case("byte-order-mark", "a UTF-8 byte order mark before the object", raw_safetensors(b"\xef\xbb\xbf{}"),
+            "header is not strict JSON")
+    st_case("lone-surrogate", "a tensor name with the escaped lone high surrogate \\ud800",
+            raw_safetensors("{%s}" % entry("a\\ud800"), 8), "header is not strict JSON")
+    st_case("lone-low-surrogate", "a tensor name with the escaped lone low surrogate \\udc00",
+            raw_safetensors("{%s}" % entry("\\udc00a"), 8), "header is not strict JSON")
+    st_case("raw-control-character", "a raw tab inside a tensor name",
+            raw_safetensors("{%s}" % entry("a\tb"), 8), "header is not strict JSON")
+    # JSON syntax
+    st_case("not-an-object", "the header is a JSON array", raw_safetensors("[1,2]"), "header is not a JSON object")
+    st_case("header-is-a-string", "the header is a JSON string", raw_safetensors('"model"'),
+            "header is not a JSON object")
+    st_case("block-comment", "a /* comment */ inside the header", raw_safetensors("{/* c */}"),
+            "header is not strict JSON")
+    st_case("line-comment", "a // comment inside the header", raw_safetensors('{"__metadata__":{} // c\n}'),
+            "header is not strict JSON")
+    st_case("trailing-comma-object", "a trailing comma after the last tensor", raw_safetensors("{%s,}" % a, 8),
+            "header is not strict JSON")
+    st_case("trailing-comma-array", "a trailing comma inside a shape",
+            raw_safetensors("{%s}" % entry("a", shape="[2,]"), 8), "header is not strict JSON")
+    st_case("nul-in-header", "a NUL byte after the object", raw_safetensors(b"{} \x00 "), "header is not strict JSON")
+    st_case("single-quotes", "single-quoted keys", raw_safetensors("{'a':{}}"), "header is not strict JSON")
+    st_case("nan-literal", "NaN in the metadata", raw_safetensors('{"__metadata__":{"x":NaN}}'),
+            "header is not strict JSON")
+    st_case("truncated-json", "the header stops in the middle of the object", raw_safetensors("{%s" % a, 8),
+            "header is not strict JSON")
+    st_case("deep-nesting", "50000 nested arrays in the metadata: a recursive parser runs out of stack",
+            raw_safetensors('{"__metadata__":' + "[" * 50000 + "]" * 50000 + "}"), "nesting deeper than")
+    st_case("duplicate-key", "the same tensor name twice",
+            raw_safetensors("{%s,%s}" % (a, entry("a", offsets="[8,16]")), 16), "duplicate key 'a'")
+    st_case("duplicate-key-escaped", "the same tensor name twice, once spelled \\u0061",
+            raw_safetensors("{%s,%s}" % (a, entry("\\u0061", offsets="[8,16]")), 16), "duplicate key 'a'")
+    st_case("duplicate-metadata-key", "the metadata key 'format' twice",
+            raw_safetensors('{"__metadata__":{"format":"pt","format":"np"}}'), "duplicate key 'format'")
+    # Metadata
+    st_case("metadata-value-not-string", "a metadata value that is a number",
+            raw_safetensors('{"__metadata__":{"format":1}}'), "invalid __metadata__: value of 'format' is an integer")
+    st_case("metadata-not-object", "__metadata__ is a string", raw_safetensors('{"__metadata__":"pt"}'),
+            "invalid __metadata__: expected an object of strings")
+    # Entries
+    st_case("entry-not-object", "a tensor entry that is an array", raw_safetensors('{"a":[1]}'),
+            "tensor 'a': entry is an array, not an object")
+    st_case("missing-dtype", "a tensor without dtype",
+            raw_safetensors('{"a":{"shape":[2],"data_offsets":[0,8]}}', 8), "missing field 'dtype'")
+    st_case("unexpected-field", "a tensor entry with an extra field",
+            raw_safetensors('{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8],"x":1}}', 8),
+            "unexpected field 'x'")
+    st_case("unknown-dtype", "dtype F48", raw_safetensors("{%s}" % entry("a", "F48"), 8), "unknown dtype 'F48'")
+    st_case("lowercase-dtype", "dtype f32 (the names are upper case)", raw_safetensors("{%s}" % entry("a", "f32"), 8),
+            "unknown dtype 'f32'")
+    # Shapes
+    st_case("negative-dimension", "shape [-2]", raw_safetensors("{%s}" % entry("a", shape="[-2]"), 8),
+            "invalid shape: negative dimension -2")
+    st_case("float-dimension", "shape [2.0]", raw_safetensors("{%s}" % entry("a", shape="[2.0]"), 8),
+            "invalid shape: dimension 2.0 is not an integer")
+    st_case("exponent-dimension", "shape [2e0]", raw_safetensors("{%s}" % entry("a", shape="[2e0]"), 8),
+            "invalid shape: dimension 2e0 is not an integer")
+    st_case("string-dimension", 'shape ["2"]', raw_safetensors("{%s}" % entry("a", shape='["2"]'), 8),
+            "is not an integer")
+    st_case("shape-not-array", "shape 2", raw_safetensors("{%s}" % entry("a", shape="2"), 8),
+            "invalid shape: an integer, not an array")
+    st_case("dimension-beyond-64-bits", "shape [18446744073709551616]",
+            raw_safetensors("{%s}" % entry("a", shape="[18446744073709551616]"), 8), "header is not strict JSON")
+    st_case("element-count-overflow", "shape [2^32, 2^32]: 2^64 elements",
+            raw_safetensors("{%s}" % entry("a", shape="[4294967296,4294967296]"), 8), "overflows 64 bits")
+    st_case("bit-count-overflow", "F64 shape [2^60]: the element count fits, the bit count does not",
+            raw_safetensors("{%s}" % entry("a", "F64", "[1152921504606846976]"), 8), "overflows 64 bits")
+    st_case("shape-product-wraps-to-zero", "U8 shape [2^32, 2^32] with offsets [0,0]: the product wraps to 0, "
+            "which a reader multiplying without checks takes for an empty tensor",
+            raw_safetensors("{%s}" % entry("a", "U8", "[4294967296,4294967296]", "[0,0]")), "overflows 64 bits")
+    st_case("shape-product-wraps-small", "U8 shape [2^32, 2^32, 4]: wraps to a small number",
+            raw_safetensors("{%s}" % entry("a", "U8", "[4294967296,4294967296,4]"), 8), "overflows 64 bits")
+    st_case("partial-byte", "three F4 elements: 12 bits",
+            raw_safetensors("{%s}" % entry("a", "F4", "[3]", "[0,2]"), 2), "12 bits is not a whole number of bytes")
+    # Offsets
+    st_case("three-offsets", "data_offsets with 3 elements",
+            raw_safetensors("{%s}" % entry("a", offsets="[0,8,8]"), 8), "expected exactly two integers")
+    st_case("one-offset", "data_offsets with 1 element", raw_safetensors("{%s}" % entry("a", offsets="[0]"), 8),
+            "expected exactly two integers")
+    st_case("float-offset", "data_offsets [0, 8.0]", raw_safetensors("{%s}" % entry("a", offsets="[0,8.0]"), 8),
+            "begin and end must be integers")
+    st_case("negative-offset", "data_offsets [-8, 0]", raw_safetensors("{%s}" % entry("a", offsets="[-8,0]"), 8),
+            "negative offset")
+    st_case("end-before-begin", "data_offsets [8, 0]",
+            raw_safetensors("{%s}" % entry("a", shape="[0]", offsets="[8,0]"), 8), "end 0 is before begin 8")
+    st_case("byte-length-mismatch", "F32 [3] in 8 bytes", raw_safetensors("{%s}" % entry("a", shape="[3]"), 8),
+            "data_offsets span 8 bytes but dtype and shape need 12")
+    st_case("offset-near-2-63", "7 bytes at offset 2^63-8",
+            raw_safetensors("{%s}" % entry("a", "U8", "[7]", "[9223372036854775800,9223372036854775807]"), 8),
+            "past the 8-byte data buffer")
+    # Layout of the data buffer
+    st_case("hole-at-start", "the only tensor starts at byte 4",
+            raw_safetensors("{%s}" % entry("a", offsets="[4,12]"), 12), "unused bytes 0..<4")
+    st_case("hole-between", "4 unused bytes between two tensors",
+            raw_safetensors("{%s,%s}" % (a, entry("b", offsets="[12,20]")), 20), "unused bytes 8..<12")
+    st_case("overlap", "two tensors sharing 4 bytes",
+            raw_safetensors("{%s,%s}" % (a, entry("b", offsets="[4,12]")), 12), "overlaps tensor")
+    st_case("same-bytes-twice", "two tensors on exactly the same bytes",
+            raw_safetensors("{%s,%s}" % (a, entry("b")), 8), "overlaps tensor")
+    st_case("trailing-bytes", "4 bytes after the last tensor", raw_safetensors("{%s}" % a, 12),
+            "4 trailing bytes after the last tensor")
+    st_case("missing-bytes", "the file ends 4 bytes into the tensor", raw_safetensors("{%s}" % a, 4),
+            "missing bytes")
+    st_case("no-tensors-but-data", "an empty header followed by 4 bytes", raw_safetensors("{}", 4),
+            "4 trailing bytes")
+    st_case("escape-sequence-in-name", "a tensor name holding a terminal escape sequence, in a file with another "
+            "defect: the message must show it escaped",
+            raw_safetensors("{%s}" % entry("\\u001b[2Jlayer", shape="[3]"), 8), "tensor '\\u{1b}[2Jlayer'")
+
+
+def index_cases():
+    good = safetensors([("a", "F32", [2], f32([1, 2]))], {"format": "pt"})
+    good_b = safetensors([("b", "F32", [2], f32([3, 4]))], {"format": "pt"})
+    s1, s2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+
+    def folder(weight_map, shards=None, extra=None, index=None):
+        files = {"model/" + name: data for name, data in (shards or {s1: good, s2: good_b}).items()}
+        files["model/model.safetensors.index.json"] = index if index is not None else pretty(
+            {"metadata": {"total_size": 16}, "weight_map": weight_map})
+        files.update(extra or {})
+        return files
+
+    inspect = ["inspect", "{case}/model"]
+    merge = ["merge", "{case}/model", "{case}/adapter", "--output", "{output}"]
+    case("index-parent-path", "index", "a shard named ../outside.safetensors; a valid file is waiting there",
+         folder({"a": s1, "b": "../outside.safetensors"}, extra={"outside.safetensors": good_b}), inspect, 2,
+         "shard name '../outside.safetensors' is not a plain file name")
+    case("index-absolute-path", "index", "a shard named /etc/passwd",
+         folder({"a": s1, "b": "/etc/passwd"}), inspect, 2, "shard name '/etc/passwd' is not a plain file name")
+    case("index-dot-dot", "index", "a shard named ..", folder({"a": s1, "b": ".."}), inspect, 2,
+         "shard name '..' is not a plain file name")
+    case("index-missing-shard", "index", "the index names a shard that is not in the folder",
+         folder({"a": s1, "b": s2}, shards={s1: good}), inspect, 5, "model-00002-of-00002.safetensors: open failed")
+    case("index-wrong-shard", "index", "the index maps tensor b to the shard that holds a",
+         folder({"a": s1, "b": s1}), inspect, 2, "tensor 'b' is mapped to shard model-00001-of-00002.safetensors "
+         "but that shard does not contain it")
+    case("index-unlisted-tensor", "index", "a shard holds a tensor the index does not list",
+         folder({"a": s1}, shards={s1: safetensors([("a", "F32", [2], f32([1, 2])), ("z", "F32", [1], f32([0]))])}),
+         inspect, 2, "tensor 'z' in shard model-00001-of-00002.safetensors is not listed")
+    case("index-duplicate-tensor", "index", "the second shard holds a tensor named a too",
+         folder({"a": s1, "b": s2}, shards={s1: good, s2: safetensors([("a", "F32", [2], f32([5, 6])),
+                                                                      ("b", "F32", [2], f32([3, 4]))])}),
+         inspect, 2, "tensor 'a' appears more than once")
+    case("index-not-strict-json", "index", "the index has a trailing comma",
+         folder(None, index=b'{"metadata":{},"weight_map":{"a":"%s",}}' % s1.encode()), inspect, 2,
+         "model.safetensors.index.json: header is not strict JSON")
+    case("index-no-weight-map", "index", "the index has no weight_map",
+         folder(None, index=b'{"metadata":{"total_size":16}}'), inspect, 2, "missing 'weight_map' object")
+    case("index-shard-not-string", "index", "a weight_map value that is a number",
+         folder(None, index=b'{"weight_map":{"a":1}}'), inspect, 2, "shard of 'a' is an integer, not a string")
+    case("index-two-index-files", "index", "two index files in one folder",
+         folder({"a": s1, "b": s2}, extra={"model/pytorch_model.safetensors.index.json":
+                                           pretty({"weight_map": {"a": s1}})}), inspect, 2, "several index files")
+    bad_shard = raw_safetensors("{%s,%s}" % (entry("b"), entry("c", offsets="[4,12]")), 12)
+    files = folder({"a": s1, "b": s2, "c": s2}, shards={s1: good, s2: bad_shard})
+    files.update(adapter_files())
+    case("merge-base-shard-malformed", "index", "merge into a sharded base whose second shard has overlapping "
+         "tensors: refused before anything is written", files, merge, 2, "overlaps tensor")
+
+
+def adapter_cases():
+    def merge_case(slug, description, exit, fragment, **adapter):
+        files = base_files()
+        files.update(adapter_files(**adapter))
+        case(slug, "adapter-config", description, files, MERGE, exit, fragment)
+
+    merge_case("rank-mismatch", "config r=4, tensors of rank 2", 2, "lora_A has 2 rows but the module's r is 4",
+               config=lora_config(r=4))
+    merge_case("rank-pattern-mismatch", "rank_pattern gives q_proj r=8, tensors of rank 2", 2,
+               "lora_A has 2 rows but the module's r is 8", config=lora_config(rank_pattern={"q_proj": 8}))
+    merge_case("rank-a-b-disagree", "lora_A of rank 2, lora_B of rank 3", 2,
+               "lora_B has 3 columns but the module's r is 2",
+               tensors=[lora_tensors()[0], (LORA_B, "F32", [OUT, 3], f32(ramp(OUT * 3)))])
+    merge_case("r-not-integer", "r is 2.5", 2, "field 'r' is 2.5; expected a positive integer",
+               config=lora_config(r=2.5))
+    merge_case("r-integral-float", "r is 2.0 (a float, even if integral)", 2,
+               "field 'r' is 2.0; expected a positive integer", config=lora_config(r=2.0))
+    merge_case("r-string", 'r is "2"', 2, "field 'r' is the string \"2\"; expected a positive integer",
+               config=lora_config(r="2"))
+    merge_case("r-zero", "r is 0", 2, "field 'r' is 0; expected a positive integer", config=lora_config(r=0))
+    merge_case("r-huge", "r is 2^40", 2, "field 'r' is 1099511627776; expected a positive integer",
+               config=lora_config(r=2**40))
+    merge_case("r-missing", "no r at all", 2, "missing required field 'r'", config=lora_config(r=DELETE))
+    merge_case("alpha-string", 'lora_alpha is "4"', 2, "field 'lora_alpha' is the string \"4\"; expected a number",
+               config=lora_config(lora_alpha="4"))
+    merge_case("unknown-peft-type", "peft_type PWNED", 4, "peft_type 'PWNED'", config=lora_config(peft_type="PWNED"))
+    merge_case("lowercase-peft-type", "peft_type lora (PEFT writes LORA)", 4, "peft_type 'lora'",
+               config=lora_config(peft_type="lora"))
+    merge_case("missing-peft-type", "no peft_type", 2, "missing or non-string field 'peft_type'",
+               config=lora_config(peft_type=DELETE))
+    merge_case("config-not-object", "adapter_config.json is a JSON array", 2, "adapter config is an array",
+               config_bytes=b"[1,2]\n")
+    merge_case("config-duplicate-key", "adapter_config.json gives r twice", 2, "duplicate key 'r'",
+               config_bytes=b'{"peft_type":"LORA","r":2,"r":64,"lora_alpha":4}')
+    merge_case("config-trailing-comma", "adapter_config.json has a trailing comma", 2, "not strict JSON",
+               config_bytes=b'{"peft_type":"LORA","r":2,"lora_alpha":4,}')
+    merge_case("config-dora", "the config asks for DoRA, which changes the math", 4, "not supported yet: DoRA",
+               config=lora_config(use_dora=True))
+    merge_case("missing-tensor", "lora_B is missing", 2, "missing tensor 'lora_B.weight'",
+               tensors=lora_tensors()[:1])
+    merge_case("extra-tensor", "a lora_C tensor PEFT never writes", 2, "is not part of a LORA adapter",
+               tensors=lora_tensors() + [(KEY + ".lora_C.weight", "F32", [2], f32([0, 0]))])
+    merge_case("tensor-without-prefix", "a tensor name without base_model.model.", 2,
+               "does not start with 'base_model.model.'",
+               tensors=lora_tensors() + [(MODULE + ".lora_A.weight", "F32", [2], f32([0, 0]))])
+    merge_case("integer-adapter-tensor", "lora_A stored as I32", 2, "adapter tensors must be floats",
+               tensors=[(LORA_A, "I32", [RANK, IN], bytes(4 * RANK * IN)), lora_tensors()[1]])
+    merge_case("lora-bias-missing", "lora_bias: true but no lora_B.bias", 2, "lora_B.bias is missing",
+               config=lora_config(lora_bias=True))
+    merge_case("no-tensors", "adapter_model.safetensors holds no tensor", 2, "the adapter has no tensors",
+               tensors=[])
+    merge_case("no-weights-file", "adapter_config.json alone", 5,
+               "no adapter_model.safetensors or adapter_model.bin", tensors=False)
+    merge_case("bone-block-shape", "a Bone block of shape [3, 8] for r=2", 2, "bone_block has shape [3, 8]",
+               config={"peft_type": "BONE", "r": 2, "target_modules": ["q_proj"]},
+               tensors=[(KEY + ".bone_block", "F32", [3, OUT], f32(ramp(3 * OUT)))])
+    merge_case("nan-in-adapter", "a NaN in lora_B", 6, "merging would spread it",
+               tensors=[lora_tensors()[0], (LORA_B, "F32", [OUT, RANK], f32([float("nan")] + ramp(OUT * RANK - 1)))])
+    files = base_files()
+    bad = raw_safetensors("{%s,%s}" % (entry(LORA_A, shape="[2,8]", offsets="[0,64]"),
+                                       entry(LORA_B, shape="[8,2]", offsets="[60,124]")), 124)
+    files.update(adapter_files(tensors=[]))
+    files["adapter/adapter_model.safetensors"] = bad
+    case("adapter-tensors-overlap", "adapter-config", "adapter_model.safetensors whose two tensors overlap",
+         files, MERGE, 2, "overlaps tensor")
+
+
+def base_mismatch_cases():
+    def merge_case(slug, description, exit, fragment, base=None, adapter=None):
+        files = base_files(**(base or {}))
+        files.update(adapter_files(**(adapter or {})))
+        case(slug, "base-mismatch", description, files, MERGE, exit, fragment)
+
+    merge_case("base-shape-mismatch", "the base's q_proj is 8x6, the LoRA maps 8 -> 8 features", 3,
+               "LoRA maps 8 → 8 features but the base weight has shape [8, 6]", base={"shape": (8, 6)})
+    merge_case("base-missing-module", "the base has no q_proj", 3,
+               "base has no tensor 'model.layers.0.self_attn.q_proj.weight'", base={"name": "model.other.weight"})
+    merge_case("base-integer-weight", "the base's q_proj is I32", 3, "base dtype I32 cannot be merged into",
+               base={"dtype": "I32"})
+    files = {"base/model.safetensors": safetensors([(WEIGHT, "F32", [64], f32(ramp(64)))], {"format": "pt"})}
+    files.update(adapter_files())
+    case("base-vector-weight", "base-mismatch", "the base's q_proj weight is a vector of 64", files, MERGE, 3,
+         "only matrices can be adapted")
+    base = base_tensors(seed=1)
+    files = {"base/model.safetensors": safetensors(base_tensors(seed=2), {"format": "pt"}),
+             "adapter.safetensors": peftkit_file(**{"peftkit__base_fingerprint": fingerprint(base)})}
+    case("fingerprint-mismatch", "base-mismatch", "a peftkit adapter fingerprinted against another base with the "
+         "same shapes", files, PEFTKIT_MERGE, 3, "this base model's fingerprint is")
+    files = base_files()
+    files.update(adapter_files(config=lora_config(modules_to_save=["norm"]),
+                               tensors=lora_tensors() + [("base_model.model.model.norm.weight", "F32", [4],
+                                                          f32([1, 1, 1, 1]))]))
+    case("modules-to-save-shape", "base-mismatch", "a modules_to_save tensor of another shape than the base's", files,
+         MERGE, 3, "the adapter carries shape [4], the base has [8]")
+
+
+def peftkit_cases():
+    def merge_case(slug, description, exit, fragment, content):
+        files = base_files()
+        files["adapter.safetensors"] = content
+        case(slug, "peftkit-format", description, files, PEFTKIT_MERGE, exit, fragment)
+
+    merge_case("wrong-crc", "one bit of lora_B flipped after its CRC-32 was recorded", 2,
+               "CRC-32 mismatch in 1 tensor(s): the file is corrupted", peftkit_file(corrupt=LORA_B))
+    merge_case("unknown-major-version", "peftkit.version 2.0", 4, "peftkit format version 2.0 is not supported",
+               peftkit_file(peftkit__version="2.0"))
+    merge_case("malformed-version", "peftkit.version 1 (not MAJOR.MINOR)", 2,
+               "'peftkit.version' is \"1\"; expected MAJOR.MINOR", peftkit_file(peftkit__version="1"))
+    merge_case("leading-zero-version", "peftkit.version 01.0", 2, "'peftkit.version' is \"01.0\"",
+               peftkit_file(peftkit__version="01.0"))
+    merge_case("wrong-format-name", "peftkit.format is not peftkit-adapter", 2,
+               "'peftkit.format' is \"safetensors\"", peftkit_file(peftkit__format="safetensors"))
+    merge_case("crc-not-hex", "a CRC written in upper case", 2, "expected 8 lowercase hex digits",
+               peftkit_file(peftkit__crc32=st_json({LORA_A: "DEADBEEF", LORA_B: "00000000"})))
+    merge_case("crc-missing", "no CRC for lora_B", 2, "records no CRC for this tensor",
+               peftkit_file(peftkit__crc32=st_json({LORA_A: crc_hex(lora_tensors()[0][3])})))
+    merge_case("modules-disagree", "peftkit.modules records rank 3 where the config and tensors say 2", 2,
+               "'rank' is 3 in the metadata but 2 from the PEFT config",
+               peftkit_file(peftkit__modules=st_json({MODULE: {
+                   "kind": "linear", "rank": 3, "alpha": 4.0, "scaling": 2.0, "fan_in_fan_out": False,
+                   "tensors": {"lora_A.weight": LORA_A, "lora_B.weight": LORA_B}}})))
+    merge_case("peft-config-not-json", "peftkit.peft_config is not JSON", 2, "'peftkit.peft_config' is not valid JSON",
+               peftkit_file(peftkit__peft_config="{'peft_type': 'LORA'}"))
+    merge_case("malformed-fingerprint", "peftkit.base_fingerprint v1:xyz", 2, "expected SCHEME:VALUE",
+               peftkit_file(peftkit__base_fingerprint="v1:xyz"))
+    merge_case("base-model-disagrees", "peftkit.base_model differs from the config's base_model_name_or_path", 2,
+               "'peftkit.base_model' is \"other-model\"", peftkit_file(peftkit__base_model="other-model"))
+
+
+def payload_call(module, name, argument):
+    """`module.name(argument)`: GLOBAL, the argument, TUPLE1, REDUCE."""
+    def write(p):
+        p.glob(module, name)
+        if isinstance(argument, list):
+            p.mark()
+            for item in argument:
+                p.string(item)
+            p.raw(0x6C)  # LIST
+            p.tuple1()
+        else:
+            p.string(argument).tuple1()
+        p.reduce()
+    return write
+
+
+def legacy_cases():
+    def bin_case(slug, description, fragment, content, marker=None, exit=2):
+        case(slug, "legacy-bin", description, legacy_files(content), CONVERT, exit, fragment, marker)
+
+    def pickle_case(slug, description, fragment, pickle_bytes, marker=None):
+        bin_case(slug, description, fragment, torch_zip(pickle_bytes).build(), marker)
+
+    # Code execution attempts: each payload creates its marker when a real unpickler loads it.
+    def marker(slug):
+        return MARKER_PREFIX + slug
+
+    for slug, module, name, argument, fragment in [
+        ("pickle-os-system", "os", "system", "touch %s", "global 'os.system' is not allowed"),
+        ("pickle-posix-system", "posix", "system", "touch %s", "global 'posix.system' is not allowed"),
+        ("pickle-builtins-exec", "builtins", "exec", "open(%r, 'w').close()", "global 'builtins.exec' is not allowed"),
+        ("pickle-builtins-eval", "builtins", "eval", "open(%r, 'w').close()", "global 'builtins.eval' is not allowed"),
+        ("pickle-subprocess", "subprocess", "check_call", ["touch", "%s"],
+         "global 'subprocess.check_call' is not allowed"),
+        ("pickle-torch-load", "torch", "load", "%s", "global 'torch.load' is not allowed"),
+    ]:
+        path = marker(slug)
+        if isinstance(argument, list):
+            argument = [a.replace("%s", path) for a in argument]
+        elif "%r" in argument:
+            argument = argument % path
+        else:
+            argument = argument % path
+        pickle_case(slug, "the pickle calls %s.%s before building the state dict" % (module, name), fragment,
+                    lora_state_dict_pickle(payload_call(module, name, argument)),
+                    None if module == "torch" else path)
+
+    path = marker("pickle-stack-global")
+    p = Pickle(4)
+    p.raw(0x8C, 2).data(b"os").raw(0x8C, 6).data(b"system").raw(0x93)  # STACK_GLOBAL
+    p.string("touch " + path).tuple1().reduce().pop()
+    pickle_case("pickle-stack-global", "protocol 4: os.system through STACK_GLOBAL",
+                "pickle opcode STACK_GLOBAL (0x93) at offset 14 is not allowed", p.stop().bytes(), path)
+
+    path = marker("pickle-inst")
+    p = Pickle().mark().string("touch " + path).data(b"ios\nsystem\n").pop()  # INST
+    pickle_case("pickle-inst", "os.system through the INST opcode", "pickle opcode INST (0x69)", p.stop().bytes(),
+                path)
+
+    path = marker("pickle-obj")
+    p = Pickle().mark().glob("os", "system").string("touch " + path).raw(0x6F).pop()  # OBJ
+    pickle_case("pickle-obj", "os.system through the OBJ opcode",
+                "global 'os.system' is not allowed", p.stop().bytes(), path)
+
+    p = Pickle().glob("collections", "OrderedDict").empty_tuple().raw(0x81).pop()  # NEWOBJ
+    pickle_case("pickle-newobj", "an allowed class instantiated through NEWOBJ, which calls cls.__new__",
+                "pickle opcode NEWOBJ (0x81) at offset 28 is not allowed", p.stop().bytes())
+
+    p = Pickle().raw(0x82, 1).pop()  # EXT1: an object from the copyreg extension registry
+    pickle_case("pickle-ext1", "EXT1: an object from the copyreg extension registry",
+                "pickle opcode EXT1 (0x82) at offset 2 is not allowed", p.stop().bytes())
+
+    path = marker("pickle-in-storage-type")
+    p = Pickle().dict_start().string(LORA_A).mark().string("storage")
+    payload_call("os", "system", "touch " + path)(p)
+    pickle_case("pickle-in-storage-type", "the storage-type slot of a tensor's persistent id holds os.system(...)",
+                "global 'os.system' is not allowed", p.bytes(), path)
+
+    # Sizes and lengths
+    p = Pickle().raw(0x58).data(struct.pack("<I", 0xFFFFFFFF)).data(b"abc")
+    pickle_case("pickle-string-length-huge", "BINUNICODE claims 4 GiB",
+                "string length 4294967295 exceeds the limit of 1048576 bytes", p.bytes())
+    p = Pickle().raw(0x58).data(struct.pack("<I", 1000)).data(b"abc")
+    pickle_case("pickle-string-past-end", "BINUNICODE claims 1000 bytes, 3 remain",
+                "string length 1000 exceeds the 3 bytes that remain", p.bytes())
+    p = Pickle().raw(0x8A, 200).data(bytes(200)).pop()
+    pickle_case("pickle-long1-huge", "LONG1 with a 200-byte integer", "integer of 200 bytes does not fit in 64 bits",
+                p.stop().bytes())
+    p = Pickle().dict_start().string(LORA_A)
+    p.tensor("0", 2**60, [RANK, IN], [IN, 1])
+    pickle_case("pickle-storage-count-huge", "a storage that claims 2^60 floats",
+                "storage '0' should hold 1152921504606846976 elements of F32", p.dict_end().bytes())
+    p = Pickle().dict_start().string(LORA_A)
+    p.tensor("0", RANK * IN, [2**32, 2**32], [1, 1])
+    pickle_case("pickle-shape-overflow", "a tensor of shape [2^32, 2^32]", "element count of shape", p.dict_end().bytes())
+    p = Pickle().dict_start().string(LORA_A)
+    p.tensor("0", RANK * IN, [RANK, IN], [IN, 1], offset=4)
+    pickle_case("pickle-view-past-storage", "a view that starts 4 elements into a storage it fills exactly",
+                "reach past storage '0'", p.dict_end().bytes())
+    p = Pickle().dict_start().string(LORA_A)
+    p.tensor("0", RANK * IN, [RANK, IN], [-IN, 1], offset=8)
+    pickle_case("pickle-negative-stride", "a view with a negative stride", "negative stride -8 in dimension 0",
+                p.dict_end().bytes())
+    # Memo and stack
+    pickle_case("pickle-missing-memo", "BINGET of a memo entry never stored", "memo entry 7 was never stored",
+                Pickle().raw(0x68, 7).stop().bytes())
+    pickle_case("pickle-missing-memo-long", "LONG_BINGET of memo entry 2^32-1",
+                "memo entry 4294967295 was never stored", Pickle().raw(0x6A, 255, 255, 255, 255).stop().bytes())
+    pickle_case("pickle-deep-marks", "5000 nested MARKs", "more than 1000 nested MARKs",
+                Pickle().raw(*([0x28] * 5000)).bytes())
+    pickle_case("pickle-no-stop", "the state dict without STOP", "without STOP: truncated",
+                lora_state_dict_pickle()[:-1])
+    pickle_case("pickle-after-stop", "bytes after STOP", "4 bytes follow STOP",
+                lora_state_dict_pickle() + b"\x00\x00\x00\x00")
+    pickle_case("pickle-top-level-list", "the pickle holds a list, not a dict", "not a dict of tensors",
+                Pickle().raw(0x5D).stop().bytes())
+    # The ZIP container
+    storages = [("0", f32(ramp(RANK * IN, 3))), ("1", f32(ramp(OUT * RANK, 5)))]
+    good = lora_state_dict_pickle()
+    z = torch_zip(good)
+    z.add("other/data.pkl", good)
+    bin_case("zip-two-roots", "a second top-level folder", "the archive has 2 top-level folders", z.build())
+    z = Zip().add("adapter_model/data.pkl", good, compress=True).add("adapter_model/byteorder", b"little")
+    for key, data in storages:
+        z.add("adapter_model/data/" + key, data)
+    bin_case("zip-compressed-entry", "data.pkl is deflated", "entry 'adapter_model/data.pkl' is compressed with method 8",
+             z.build())
+    z = torch_zip(good)
+    z.add("adapter_model/../../evil", b"x")
+    bin_case("zip-parent-entry", "an entry named adapter_model/../../evil", "contains '..'", z.build())
+    z = torch_zip(good)
+    z.add("/etc/cron.d/evil", b"x")
+    bin_case("zip-absolute-entry", "an entry named /etc/cron.d/evil", "is an absolute path", z.build())
+    z = Zip().add("adapter_model/data.pkl", good, flags=1)
+    bin_case("zip-encrypted-entry", "data.pkl flagged as encrypted", "is encrypted", z.build())
+    z = Zip().add("adapter_model/data.pkl", good, crc=0x12345678)
+    for key, data in storages:
+        z.add("adapter_model/data/" + key, data)
+    bin_case("zip-crc-mismatch", "data.pkl with a wrong CRC", "CRC mismatch in entry 'adapter_model/data.pkl'",
+             z.build())
+    z = Zip().add("adapter_model/data.pkl", good, size=0x7FFFFFFF)
+    bin_case("zip-entry-size-huge", "data.pkl claims 2 GiB in a small file", "claims 2147483647 bytes", z.build())
+    bin_case("zip-entry-count-wrong", "the end record claims 60000 entries, the directory holds 4", "cannot hold the 60000 entries",
+             torch_zip(good).build(entry_count=60000))
+    bin_case("zip-truncated", "the archive cut in half", "no end of central directory record",
+             torch_zip(good).build()[:300])
+    bin_case("zip-not-a-zip", "a text file", "not a ZIP archive", b"this is not a checkpoint\n" * 4)
+    legacy = (Pickle().raw(0x8A, 10).data(b"\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19").stop().bytes()
+              + Pickle().raw(0x4D).data(struct.pack("<H", 1001)).stop().bytes()
+              + Pickle().raw(0x7D).string("protocol_version").raw(0x4D).data(struct.pack("<H", 1001)).raw(0x73)
+              .stop().bytes())
+    bin_case("zip-torch-pre-1.6", "torch's pre-1.6 format: a bare pickle with its magic number",
+             "pre-1.6 pickle format", legacy)
+    z = Zip().add("adapter_model/byteorder", b"little")
+    bin_case("zip-no-data-pkl", "no data.pkl", "no 'adapter_model/data.pkl' in the archive", z.build())
+    bin_case("zip-big-endian", "byteorder says big", "only little-endian checkpoints are supported",
+             torch_zip(good, byteorder=b"big").build())
+    bin_case("zip-missing-storage", "storage 1 has no entry", "storage '1' has no entry",
+             torch_zip(good, storages=storages[:1]).build())
+    bin_case("zip-storage-size-mismatch", "storage 1 holds 4 bytes fewer than its persistent id says",
+             "storage '1' should hold 16 elements of F32 but its entry has 60 bytes",
+             torch_zip(good, storages=[storages[0], ("1", storages[1][1][:-4])]).build())
+
+
+def controls():
+    files = base_files()
+    files.update(adapter_files())
+    control("merge-peft", "the valid base and LoRA adapter every merge case starts from", files, MERGE)
+    files = base_files()
+    files["adapter.safetensors"] = peftkit_file(**{"peftkit__base_fingerprint": fingerprint(base_tensors(seed=1))})
+    control("merge-peftkit", "the valid peftkit file (with the base's fingerprint) every peftkit case starts from",
+            files, PEFTKIT_MERGE)
+    control("convert-legacy", "the valid legacy adapter_model.bin every legacy case starts from",
+            legacy_files(torch_zip(lora_state_dict_pickle()).build()), CONVERT)
+    s1, s2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    control("inspect-sharded", "the valid sharded folder every index case starts from", {
+        "model/" + s1: safetensors([("a", "F32", [2], f32([1, 2]))], {"format": "pt"}),
+        "model/" + s2: safetensors([("b", "F32", [2], f32([3, 4]))], {"format": "pt"}),
+        "model/model.safetensors.index.json": pretty({"metadata": {"total_size": 16}, "weight_map": {"a": s1, "b": s2}}),
+    }, ["inspect", "{case}/model"])
+    control("inspect-edge-cases", "legal corner cases the safetensors cases sit next to: a scalar, an empty tensor, "
+            "metadata with non-ASCII text, a header padded with spaces", {
+                "model.safetensors": raw_safetensors(
+                    '{"__metadata__":{"format":"pt","note":"\\u00fc"},%s,%s,%s}    ' % (
+                        entry("z", "F32", "[0,3]", "[0,0]"), entry("s", "F32", "[]", "[0,4]"),
+                        entry("e", "BF16", "[0]", "[4,4]")), b"\x00\x00\x80\x3f")}, INSPECT_FILE)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def write_case(folder, c):
+    os.makedirs(folder)
+    for relative, content in sorted(c["files"].items()):
+        path = os.path.join(folder, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content)
+    description = {"description": c["description"], "category": c["category"], "command": c["command"],
+                   "exit": c["exit"]}
+    if c["stderr_contains"] is not None:
+        description["stderr_contains"] = c["stderr_contains"]
+    if c["marker"] is not None:
+        description["marker"] = c["marker"]
+    if c.get("rule") is not None:
+        description["rule"] = c["rule"]
+    with open(os.path.join(folder, "case.json"), "wb") as f:
+        f.write((json.dumps(description, indent=2, ensure_ascii=True) + "\n").encode())
+
+
+def main():
+    safetensors_cases()
+    index_cases()
+    adapter_cases()
+    base_mismatch_cases()
+    peftkit_cases()
+    legacy_cases()
+    controls()
+    slugs = [c["slug"] for c in CASES]
+    assert len(set(slugs)) == len(slugs), "duplicate slugs"
+    assert set(RULES) == {c["slug"] for c in CASES if c["category"] in ("safetensors", "index")}, "rules"
+    for name in ("cases", "controls"):
+        shutil.rmtree(os.path.join(HERE, name), ignore_errors=True)
+    for number, c in enumerate(CASES, start=1):
+        write_case(os.path.join(HERE, "cases", "%03d-%s" % (number, c["slug"])), c)
+    for c in CONTROLS:
+        write_case(os.path.join(HERE, "controls", c["slug"]), c)
+    counts = {}
+    for c in CASES:
+        counts[c["category"]] = counts.get(c["category"], 0) + 1
+    print("%d cases (%s), %d controls" % (len(CASES), ", ".join("%s %d" % kv for kv in counts.items()),
+                                          len(CONTROLS)))
+
+
+if __name__ == "__main__":
+    main()
