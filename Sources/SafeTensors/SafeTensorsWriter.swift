@@ -60,8 +60,10 @@ public final class SafeTensorsWriter: @unchecked Sendable {
         self.descriptor = fd
         TemporaryOutputs.shared.register(temporaryPath)
         do {
-            // Reserve the space now: running out of disk fails here, before any work is done.
-            let status = posix_fallocate(fd, 0, off_t(fileSize))
+            // Reserve the space now: running out of disk fails here, before any work is done. Not on tmpfs, where
+            // reserving means allocating and zeroing every page up front (a serial pass over the whole file,
+            // measured at ~15% of a merge); there a full filesystem still fails the write itself, cleanly.
+            let status = Self.isMemoryBacked(fd) ? 0 : posix_fallocate(fd, 0, off_t(fileSize))
             if status != 0 && status != EOPNOTSUPP && status != EINVAL {
                 throw SafeTensorsError.io(file: path, operation: "allocate \(fileSize) bytes",
                                           reason: SafeTensorsFile.errnoText(status))
@@ -158,6 +160,18 @@ public final class SafeTensorsWriter: @unchecked Sendable {
             }
             done += n
         }
+    }
+
+    /// Whether the file lives on tmpfs (`fstatfs` type TMPFS_MAGIC). Swift's Glibc module does not include
+    /// <sys/statfs.h>, so the call is looked up at run time; on 64-bit Linux `f_type` is the first field of the
+    /// 120-byte `struct statfs`.
+    static func isMemoryBacked(_ descriptor: Int32) -> Bool {
+        typealias FStatFS = @convention(c) (Int32, UnsafeMutableRawPointer) -> Int32
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fstatfs") else { return false }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
+        defer { buffer.deallocate() }
+        guard unsafeBitCast(symbol, to: FStatFS.self)(descriptor, buffer) == 0 else { return false }
+        return buffer.load(as: Int.self) == 0x0102_1994
     }
 
     static func split(_ path: String) -> (folder: String, name: String) {
