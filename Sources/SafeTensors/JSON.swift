@@ -253,15 +253,7 @@ struct ConformanceChecker {
             position += 1
             skipWhitespace()
             try checkValue(depth: depth)
-            skipWhitespace()
-            if current == UInt8(ascii: ",") {
-                position += 1
-                skipWhitespace()
-                continue
-            }
-            guard current == UInt8(ascii: "}") else { throw fail("expected ',' or '}' in an object") }
-            position += 1
-            return
+            guard try anotherFollows(closer: "}", in: "an object") else { return }
         }
     }
 
@@ -272,16 +264,21 @@ struct ConformanceChecker {
         if current == UInt8(ascii: "]") { position += 1; return }
         while true {
             try checkValue(depth: depth)
-            skipWhitespace()
-            if current == UInt8(ascii: ",") {
-                position += 1
-                skipWhitespace()
-                continue
-            }
-            guard current == UInt8(ascii: "]") else { throw fail("expected ',' or ']' in an array") }
-            position += 1
-            return
+            guard try anotherFollows(closer: "]", in: "an array") else { return }
         }
+    }
+
+    /// After a member or element: consumes ',' (true: another follows) or the container's closer (false).
+    private mutating func anotherFollows(closer: Unicode.Scalar, in container: String) throws -> Bool {
+        skipWhitespace()
+        if current == UInt8(ascii: ",") {
+            position += 1
+            skipWhitespace()
+            return true
+        }
+        guard current == UInt8(ascii: closer) else { throw fail("expected ',' or '\(closer)' in \(container)") }
+        position += 1
+        return false
     }
 
     private mutating func expectLiteral(_ word: StaticString) throws {
