@@ -79,7 +79,8 @@ public struct AdapterReport: Sendable {
         let baseParameters = base.tensors.reduce(0) { $0 + $1.info.elementCount }
         var problems: [String] = []
         do {
-            _ = try MergePlan.make(MergeRequest(base: basePath, adapters: [adapterPath], output: basePath + ".unused"))
+            // Planning runs every check and writes nothing; the output path is not looked at.
+            _ = try MergePlan.make(MergeRequest(base: basePath, adapters: [adapterPath], output: ""))
         } catch let error as PEFTKitError where error.kind == .baseMismatch {
             problems = error.details.isEmpty ? [error.localizedDescription] : error.details
         }
