@@ -135,8 +135,8 @@ run_target() {
     local execs rate cov ft units found
     execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)"
-    cov="$(grep -o 'cov: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)"
-    ft="$(grep -o 'ft: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)"
+    cov="$( (grep -o 'cov: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)"
+    ft="$( (grep -o 'ft: [0-9]*' "$log" || true) | tail -1 | cut -d' ' -f2)"
     units="$(ls "$corpus" | wc -l)"
     found="$(( $(ls "$artifacts" | wc -l) - before ))"
     printf '%-8s %12s execs  %5s s  %7s exec/s  cov %-5s ft %-6s corpus %-5s (seeds %s)  crashes/hangs/OOMs %s  exit %s  log %s\n' \

@@ -86,7 +86,8 @@ public indirect enum JSONValue: Sendable, Equatable {
 ///
 /// json-c builds the tree under a depth limit and validates UTF-8. Its "strict" mode still accepts single-quoted
 /// strings, `NaN`, `Infinity`, `1.`, raw control characters in strings, lone surrogates (silently replaced), duplicate
-/// keys (the last one wins) and out-of-range integers (clamped), so a conformance pass of ours refuses those first.
+/// keys (the last one wins), keys with a `\u0000` (cut there) and out-of-range integers (clamped), so a conformance
+/// pass of ours refuses those first.
 public enum StrictJSON {
     /// Nesting limit for arrays and objects. Headers and adapter configs nest three or four levels deep.
     public static let defaultMaxDepth = 64
@@ -179,7 +180,7 @@ public enum StrictJSON {
 }
 
 /// RFC 8259 grammar check over raw bytes: exact string, number and literal syntax, well-formed surrogate pairs,
-/// integers within 64 bits, no duplicate keys, bounded depth, only whitespace after the value.
+/// integers within 64 bits, no duplicate keys and no NUL in a key, bounded depth, only whitespace after the value.
 struct ConformanceChecker {
     enum Problem: Error {
         case message(String)
@@ -245,6 +246,10 @@ struct ConformanceChecker {
             guard current == UInt8(ascii: "\"") else { throw fail("expected a double-quoted key") }
             let keyStart = position
             let key = try readString()
+            // json-c keeps keys as C strings: it would cut this one at the NUL, silently merging distinct keys.
+            guard !key.unicodeScalars.contains("\0") else {
+                throw Failure(problem: .message("NUL character (\\u0000) in a key"), offset: keyStart)
+            }
             guard keys.insert(key).inserted else {
                 throw Failure(problem: .duplicateKey(key), offset: keyStart)
             }

@@ -1,21 +1,63 @@
+import Foundation
 import FuzzSupport
 import PEFTKit
 import SafeTensors
 
 /// `adapter_config.json`: `StrictJSON.parse` then `PEFTConfig.parse`; an accepted config then resolves the
 /// per-module parameters of a typical module path (what the loader does for every module).
+///
+/// Every text StrictJSON accepts is also parsed with Foundation's `JSONSerialization`, and the two trees must have
+/// the same shape: the same keys (compared scalar by scalar) and strings, the same number of members and elements.
+/// StrictJSON hands the text to json-c after its own grammar check; this catches anything json-c would alter.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
-    guard let json = try? StrictJSON.parse(bytes, source: "fuzz"),
-          let config = try? PEFTConfig.parse(json, source: "fuzz") else { return 0 }
+    guard let json = try? StrictJSON.parse(bytes, source: "fuzz") else { return 0 }
+    let reference = try? JSONSerialization.jsonObject(with: Data(bytes), options: [.fragmentsAllowed])
+    require(reference != nil, "StrictJSON accepts a text Foundation refuses")
+    if let difference = difference(json, reference!, at: "$") { fatalError(difference) }
+
+    guard let config = try? PEFTConfig.parse(json, source: "fuzz") else { return 0 }
     for path in ["model.layers.0.self_attn.q_proj", "lm_head", ""] {
-        precondition(config.rank(for: path) > 0)
+        require(config.rank(for: path) > 0, "rank \(config.rank(for: path)) for '\(path)'")
         _ = config.scaling(for: path)
         _ = config.isModuleToSave(path)
     }
     _ = config.json.compactText()
     return 0
+}
+
+/// Where two parses of one text differ in shape, or nil.
+private func difference(_ value: JSONValue, _ reference: Any, at path: String) -> String? {
+    switch value {
+    case .object(let members):
+        guard let object = reference as? [String: Any] else { return "\(path): object vs \(type(of: reference))" }
+        guard members.count == object.count else {
+            return "\(path): \(members.count) members vs \(object.count)"
+        }
+        for (key, member) in members {
+            guard let match = object.first(where: { Array($0.key.unicodeScalars) == Array(key.unicodeScalars) }) else {
+                return "\(path): key \(Array(key.unicodeScalars)) missing from the reference"
+            }
+            if let found = difference(member, match.value, at: path + "." + key) { return found }
+        }
+    case .array(let items):
+        guard let array = reference as? [Any] else { return "\(path): array vs \(type(of: reference))" }
+        guard items.count == array.count else { return "\(path): \(items.count) elements vs \(array.count)" }
+        for (index, (item, other)) in zip(items, array).enumerated() {
+            if let found = difference(item, other, at: "\(path)[\(index)]") { return found }
+        }
+    case .string(let text):
+        guard let other = reference as? String else { return "\(path): string vs \(type(of: reference))" }
+        guard Array(text.unicodeScalars) == Array(other.unicodeScalars) else { return "\(path): strings differ" }
+    case .null:
+        guard reference is NSNull else { return "\(path): null vs \(type(of: reference))" }
+    case .bool, .integer, .number:
+        guard !(reference is String || reference is [Any] || reference is [String: Any] || reference is NSNull) else {
+            return "\(path): scalar vs \(type(of: reference))"
+        }
+    }
+    return nil
 }
 
 runLibFuzzer(fuzz)

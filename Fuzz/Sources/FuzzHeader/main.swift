@@ -12,21 +12,29 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let json = UnsafeRawBufferPointer(rebasing: bytes[8..<(8 + Int(length))])
     guard let header = try? Header.parse(json: json, bufferSize: size - 8 - Int(length), file: "fuzz") else { return 0 }
     // What a validated header promises its users.
-    precondition(header.dataStart == 8 + Int(length))
+    require(header.dataStart == 8 + Int(length), "data starts at \(header.dataStart)")
     var end = 0
     let tiles = header.tensors.sorted {
         ($0.dataOffsets.lowerBound, $0.dataOffsets.upperBound) < ($1.dataOffsets.lowerBound, $1.dataOffsets.upperBound)
     }
     for tensor in tiles {
-        precondition(tensor.dataOffsets.lowerBound == end, "tensors do not tile the buffer")
-        precondition(Header.byteCount(dtype: tensor.dtype, shape: tensor.shape) == tensor.byteCount)
-        precondition(tensor.elementCount >= 0)
+        require(tensor.dataOffsets.lowerBound == end, "tensors do not tile the buffer")
+        require(Header.byteCount(dtype: tensor.dtype, shape: tensor.shape) == tensor.byteCount,
+                "'\(tensor.name)': size disagrees with its offsets")
+        require(tensor.elementCount >= 0, "'\(tensor.name)': negative element count")
         end = tensor.dataOffsets.upperBound
     }
-    precondition(zip(header.tensors, header.tensors.dropFirst()).allSatisfy {
+    require(zip(header.tensors, header.tensors.dropFirst()).allSatisfy {
         $0.dataOffsets.lowerBound <= $1.dataOffsets.lowerBound
     }, "tensors are not in data-buffer order")
-    precondition(end == size - header.dataStart, "tensors do not cover the buffer")
+    require(end == size - header.dataStart, "tensors do not cover the buffer")
+    // Names are unique, as JSON keys are (duplicates are refused), and none is the metadata key.
+    let names = header.tensors.map(\.name)
+    require(Set(names).count == names.count, "two tensors with one name")
+    require(!names.contains(Header.metadataKey), "a tensor named like the metadata")
+    if let metadata = header.metadata {
+        require(Set(metadata.map(\.key)).count == metadata.count, "two metadata entries with one key")
+    }
     return 0
 }
 

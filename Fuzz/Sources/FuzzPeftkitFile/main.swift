@@ -9,7 +9,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let path = InputFile.write(data, size, name: "adapter.safetensors")
     guard let adapter = try? AdapterLoader.load(path) else { return 0 }
     for module in adapter.modules {
-        precondition(module.rank > 0)
+        require(module.rank > 0, "module '\(module.path)' has rank \(module.rank)")
         for tensor in module.tensors.values { _ = try? tensor.withBytes { $0.count } }
     }
     return 0

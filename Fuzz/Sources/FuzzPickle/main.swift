@@ -24,7 +24,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             continue
         }
         let count = tensor.shape.reduce(1, *)
-        precondition(bytes.count == count * (tensor.dtype.bitWidth / 8), "gathered bytes do not fit the shape")
+        require(bytes.count == count * (tensor.dtype.bitWidth / 8), "gathered bytes do not fit the shape")
     }
     return 0
 }

@@ -10,7 +10,7 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     var sum = 0
     for tensor in file.tensors {
         guard let view = try? file.view(tensor.name) else { continue }
-        precondition(view.bytes.count == tensor.byteCount)
+        require(view.bytes.count == tensor.byteCount, "'\(tensor.name)': view of \(view.bytes.count) bytes")
         for byte in view.bytes { sum &+= Int(byte) }
         file.prefetch(tensor)
         file.release(tensor)

@@ -20,3 +20,10 @@ public func runLibFuzzer(_ target: FuzzTarget) -> Never {
     var argv = CommandLine.unsafeArgv
     exit(LLVMFuzzerRunDriver(&argc, &argv, target))
 }
+
+/// Stops the process when a property the parsers promise does not hold (libFuzzer records the input as a crash).
+/// Unlike `precondition`, the message survives `-O`.
+public func require(_ condition: @autoclosure () -> Bool, _ message: @autoclosure () -> String,
+                    file: StaticString = #file, line: UInt = #line) {
+    if !condition() { fatalError(message(), file: file, line: line) }
+}
