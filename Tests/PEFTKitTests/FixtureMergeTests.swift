@@ -46,3 +46,18 @@ func unmergeOfPEFTMergedIsAtLeastAsCloseAsPEFT(_ name: String) throws {
     #expect(ourWorst <= summary.driftBound!, "\(name): drift \(ourWorst) above the reported bound \(summary.driftBound!)")
     print("\(name): unmerge drift max \(ourWorst) over \(ourDiffering) elements; PEFT's own \(peftWorst) over \(peftDiffering)")
 }
+
+/// An embedding LoRA's carried base_layer is the weight before the merge: unmerging restores it bit for bit.
+@Test func unmergeRestoresACarriedEmbeddingBaseLayerExactly() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let caseFolder = "\(fixtureCases)/lora-embed-mts-llama-bf16"
+    let summary = try MergeEngine.run(MergeRequest(base: caseFolder + "/expected_merged.safetensors",
+                                                   adapters: [caseFolder + "/adapter"], output: folder + "/unmerged",
+                                                   direction: .unmerge))
+    let embedding = try compareCheckpoints(actual: folder + "/unmerged", expected: caseFolder + "/base",
+                                           names: ["model.embed_tokens.weight"])
+    #expect(embedding.first?.differing == 0)
+    #expect(!summary.notes.contains { $0.contains("model.embed_tokens.weight") })
+    #expect(summary.notes.contains { $0.contains("lm_head.weight") && $0.contains("cannot be recovered") })
+}

@@ -123,6 +123,8 @@ struct MergePlan {
         }
 
         var problems: [String] = []
+        /// Unmerge: tensors restored from a carried copy of their pre-merge value, which no module then changes.
+        var restoredExactly = Set<String>()
         for (index, adapter) in adapters.enumerated() {
             if request.direction == .unmerge, adapters.count > 1 {
                 throw PEFTKitError(.unsupported, "unmerge takes one adapter at a time")
@@ -144,8 +146,17 @@ struct MergePlan {
                     continue
                 }
                 if request.direction == .unmerge {
-                    notes.append("\(carried.baseName) was replaced whole by the adapter (\(carried.reason.rawValue)); "
-                        + "the original cannot be recovered and is kept as merged")
+                    // An embedding's saved base_layer is its value before the merge: restore it exactly. A
+                    // modules_to_save copy or a trained bias replaced the original, which the adapter does not keep.
+                    if carried.reason == .baseLayer {
+                        task.replacement = carried.tensor
+                        task.steps = []
+                        tasksByName[carried.baseName] = task
+                        restoredExactly.insert(carried.baseName)
+                    } else {
+                        notes.append("\(carried.baseName) was replaced whole by the adapter (\(carried.reason.rawValue)); "
+                            + "the original cannot be recovered and is kept as merged")
+                    }
                     continue
                 }
                 if weight != 1 {
@@ -173,7 +184,9 @@ struct MergePlan {
                     problems.append("module '\(module.path)': base dtype \(weightTask.source!.info.dtype.rawValue) cannot be merged into")
                     continue
                 }
-                weightTask.steps.append(MergeStep(adapterIndex: index, module: module, target: target, scale: scale))
+                if !restoredExactly.contains(module.weightName) {
+                    weightTask.steps.append(MergeStep(adapterIndex: index, module: module, target: target, scale: scale))
+                }
                 tasksByName[module.weightName] = weightTask
                 if let loraBias = module.tensors[.loraBias] {
                     guard var biasTask = tasksByName[module.biasName] else {

@@ -12,9 +12,10 @@ public struct TensorComparison: Sendable, Equatable {
     public let maxAbsoluteError: Double
     /// Largest distance in representable values of `dtype` (0 = identical; `Int.max` when one side is NaN).
     public let maxULP: Int
-    /// Largest |actual − expected| in ulps of `dtype` at the operands' magnitude: max(|actual|, |expected|, |scale|)
-    /// with `scale` the value before the change (the base weight). Near a cancellation (a result close to zero made
-    /// from large operands) a raw ulp count is meaningless; this is the measure the tolerance policy uses.
+    /// Largest |actual − expected| in ulps of `dtype` at the operands' magnitude: max(|actual|, |expected|, |scale|,
+    /// |expected − scale|), with `scale` the value before the change (the base weight W) so that both operands of the
+    /// final addition W + ΔW count. Near a cancellation (a result close to zero made from large operands) a raw ulp
+    /// count is meaningless; this is the measure the tolerance policy uses.
     public let maxScaledULP: Double
 
     public var identicalFraction: Double { elements == 0 ? 1 : Double(elements - differing) / Double(elements) }
@@ -51,7 +52,10 @@ public enum Comparison {
                 let error = abs(a - e)
                 maxError = max(maxError, error)
                 var magnitude = max(abs(a), abs(e), floor)
-                if let scale { magnitude = max(magnitude, abs(element(scale, i, dtype).0)) }
+                if let scale {
+                    let before = element(scale, i, dtype).0
+                    magnitude = max(magnitude, abs(before), abs(e - before))
+                }
                 scaled = error.isFinite ? error / ulp(at: magnitude, in: dtype) : .infinity
             }
             if scaled > 1 { beyond += 1 }
