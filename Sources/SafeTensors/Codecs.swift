@@ -116,29 +116,45 @@ public enum Codec {
     }
 
     /// Encodes Float32 values as `dtype` (F16, BF16, F32 or F64) into `destination`, rounding once.
+    /// - Returns: the largest `bitPattern & 0x7FFF_FFFF` of the source, found in the same pass: a cheap screen for
+    ///   NaN, infinity and values too large for the target (they have the largest patterns).
+    @discardableResult
     public static func encode(_ source: UnsafeBufferPointer<Float>, as dtype: DType,
-                              into destination: UnsafeMutableRawBufferPointer) {
+                              into destination: UnsafeMutableRawBufferPointer) -> UInt32 {
         let count = source.count
         precondition(destination.count >= count * dtype.bitWidth / 8, "destination too small")
-        guard count > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return }
+        guard count > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return 0 }
+        var largest: UInt32 = 0
         let aligned16 = Int(bitPattern: dst) % 2 == 0
         switch dtype {
         case .bf16 where aligned16:
             let bits = dst.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count { bits[i] = bf16(from: src[i]).littleEndian }
+            for i in 0..<count {
+                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
+                bits[i] = bf16(from: src[i]).littleEndian
+            }
         case .f16 where aligned16:
             let bits = dst.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count { bits[i] = f16(from: src[i]).littleEndian }
-        case .bf16:
-            for i in 0..<count { dst.storeBytes(of: bf16(from: src[i]), toByteOffset: 2 * i, as: UInt16.self) }
-        case .f16:
-            for i in 0..<count { dst.storeBytes(of: f16(from: src[i]), toByteOffset: 2 * i, as: UInt16.self) }
+            for i in 0..<count {
+                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
+                bits[i] = f16(from: src[i]).littleEndian
+            }
+        case .bf16, .f16:
+            for i in 0..<count {
+                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
+                dst.storeBytes(of: dtype == .bf16 ? bf16(from: src[i]) : f16(from: src[i]), toByteOffset: 2 * i, as: UInt16.self)
+            }
         case .f32:
             dst.copyMemory(from: src, byteCount: 4 * count)
+            for i in 0..<count { largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF) }
         case .f64:
-            for i in 0..<count { dst.storeBytes(of: Double(src[i]), toByteOffset: 8 * i, as: Double.self) }
+            for i in 0..<count {
+                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
+                dst.storeBytes(of: Double(src[i]), toByteOffset: 8 * i, as: Double.self)
+            }
         default:
             preconditionFailure("encode to \(dtype.rawValue) is not supported; check canEncode first")
         }
+        return largest
     }
 }

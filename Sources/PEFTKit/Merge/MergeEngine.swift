@@ -239,8 +239,10 @@ public enum MergeEngine {
     }
 
     /// Fills the worker's Float32 buffer, encodes it, and hands the bytes to `write`.
+    /// `check` sees the values and the largest magnitude bits the encoder found, before anything is written.
     private static func encodeSlice(count: Int, dtype: DType, scratch: Scratch,
                                     fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
+                                    check: (UnsafeMutableBufferPointer<Float>, UInt32) throws -> Void = { _, _ in },
                                     write: (UnsafeRawBufferPointer) throws -> Void) throws {
         if scratch.floats.count < count { scratch.floats = [Float](repeating: 0, count: count) }
         let outBytes = count * dtype.bitWidth / 8
@@ -249,7 +251,9 @@ public enum MergeEngine {
             let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
             try fill(slice)
             try scratch.encoded.withUnsafeMutableBytes { encoded in
-                Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
+                let largest = Codec.encode(UnsafeBufferPointer(slice), as: dtype,
+                                           into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
+                try check(slice, largest)
                 try write(UnsafeRawBufferPointer(rebasing: encoded[0..<outBytes]))
             }
         }
@@ -338,7 +342,9 @@ public enum MergeEngine {
                 if isUnmerge { maxMagnitude = largestMagnitude(floats) }
                 let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
                 for operation in operations { apply(operation, to: slice) }
-                try checkFinite(floats, task: task, firstRow: firstRow, columns: columns, allowed: allowNonFinite)
+            } check: { floats, largest in
+                try checkFinite(floats, largest: largest, task: task, firstRow: firstRow, columns: columns,
+                                allowed: allowNonFinite)
             } write: { bytes in
                 try writer.write(task.name, chunk: bytes, at: firstRow * columns * outSize)
             }
@@ -358,7 +364,8 @@ public enum MergeEngine {
         try encodeSlice(count: count, dtype: task.outputDType, scratch: scratch) { floats in
             try start.withBytes { Codec.decode($0, as: start.dtype, into: floats) }
             for case .loraBias(let bias, let scale) in operations { LoRA.applyBias(bias, scale: scale, to: floats) }
-            try checkFinite(floats, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
+        } check: { floats, largest in
+            try checkFinite(floats, largest: largest, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
         } write: { bytes in
             try writer.write(task.name, bytes: bytes)
         }
@@ -375,17 +382,15 @@ public enum MergeEngine {
     }
 
     /// Refuses values that are not finite, or that the output dtype would round to infinity.
-    private static func checkFinite(_ values: UnsafeMutableBufferPointer<Float>, task: TensorTask, firstRow: Int,
-                                    columns: Int, allowed: Bool) throws {
+    /// `largest` is the encoder's screen (the largest magnitude bits); only when it trips are the values searched.
+    private static func checkFinite(_ values: UnsafeMutableBufferPointer<Float>, largest: UInt32, task: TensorTask,
+                                    firstRow: Int, columns: Int, allowed: Bool) throws {
         guard !allowed else { return }
         let limit: Float = switch task.outputDType {
         case .f16: 65520  // the f16 rounding boundary to infinity
         case .bf16: Float(bitPattern: 0x7F7F_8000)
         default: .infinity
         }
-        // Fast pass: the largest magnitude as bits (NaN and Inf have the largest), an integer reduction that vectorises.
-        var largest: UInt32 = 0
-        for value in values { largest = max(largest, value.bitPattern & 0x7FFF_FFFF) }
         guard largest >= limit.bitPattern else { return }
         for (i, value) in values.enumerated() where !(value.magnitude < limit) {
             let what = value.isFinite ? "\(value), beyond the largest \(task.outputDType.rawValue)" : "\(value)"
