@@ -97,9 +97,11 @@ private func checkEncoder(exponentBits: Int, fractionBits: Int, encode: (Float) 
     for (name, dtype) in [("as_bf16", DType.bf16), ("as_f16", DType.f16)] {
         let torch = [UInt8](try file.view(name).bytes)
         var ours = [UInt8](repeating: 0, count: torch.count)
-        values.withUnsafeBufferPointer { src in
+        let largest = values.withUnsafeBufferPointer { src in
             ours.withUnsafeMutableBytes { Codec.encode(src, as: dtype, into: $0) }
         }
+        // The encoder's screen is the largest magnitude bit pattern of the source (NaNs included).
+        #expect(largest == values.map { $0.bitPattern & 0x7FFF_FFFF }.max())
         let mismatches = (0..<values.count).filter { (i: Int) -> Bool in
             torch[2 * i] != ours[2 * i] || torch[2 * i + 1] != ours[2 * i + 1]
         }
@@ -129,7 +131,8 @@ private func checkEncoder(exponentBits: Int, fractionBits: Int, encode: (Float) 
     wide.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { Codec.decode(raw, as: .f64, into: $0) } }
     #expect(out == [1.5, -2.25])
     var encoded = [Double](repeating: 0, count: 2)
-    out.withUnsafeBufferPointer { src in encoded.withUnsafeMutableBytes { Codec.encode(src, as: .f64, into: $0) } }
+    let largest = out.withUnsafeBufferPointer { src in encoded.withUnsafeMutableBytes { Codec.encode(src, as: .f64, into: $0) } }
+    #expect(largest == Float(2.25).bitPattern)
     wide = encoded
     #expect(wide == [1.5, -2.25])
 }
