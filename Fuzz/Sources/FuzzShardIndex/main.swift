@@ -11,7 +11,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         require(ShardIndex.isPlainFileName(shard), "shard name '\(shard)' is not plain")
     }
     let text = Array(index.serialized().utf8)
-    let again = text.withUnsafeBufferPointer { InputFile.write($0.baseAddress!, $0.count, name: "rewritten.index.json") }
+    let again = text.withUnsafeBufferPointer {
+        InputFile.write($0.baseAddress!, $0.count, name: "rewritten.index.json")
+    }
     guard let reread = try? ShardIndex.read(path: again) else {
         fatalError("an accepted index does not read back after writing")
     }
