@@ -186,8 +186,11 @@ final class Subprocess {
             // <sys/wait.h>'s macros, which Swift does not import: low 7 bits 0 = exited, else the terminating signal.
             ending = status & 0x7F == 0 ? .exited((status >> 8) & 0xFF) : .signaled(status & 0x7F)
         }
-        let read = { (name: String) in
-            (try? String(contentsOfFile: self.logFolder + "/" + name, encoding: .utf8)) ?? ""
+        let read = { (name: String) -> String in
+            // Foundation leaks its read buffer on every empty file (LeakSanitizer sees it): read only non-empty ones.
+            let path = self.logFolder + "/" + name
+            let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+            return size == 0 ? "" : (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
         }
         return SubprocessResult(
             ending: ending!, standardOutput: read("stdout"), standardError: read("stderr"),
