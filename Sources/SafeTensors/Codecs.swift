@@ -116,45 +116,57 @@ public enum Codec {
     }
 
     /// Encodes Float32 values as `dtype` (F16, BF16, F32 or F64) into `destination`, rounding once.
-    /// - Returns: the largest `bitPattern & 0x7FFF_FFFF` of the source, found in the same pass: a cheap screen for
-    ///   NaN, infinity and values too large for the target (they have the largest patterns).
+    /// - Returns: whether any encoded value is infinite or NaN (a finite value that rounded to infinity included),
+    ///   found in the same pass. For 16-bit targets the screen looks at the encoded bits, where eight elements
+    ///   compare in one SSE2 instruction (the 32-bit source bits have no unsigned max before SSE4.1).
     @discardableResult
     public static func encode(_ source: UnsafeBufferPointer<Float>, as dtype: DType,
-                              into destination: UnsafeMutableRawBufferPointer) -> UInt32 {
+                              into destination: UnsafeMutableRawBufferPointer) -> Bool {
         let count = source.count
         precondition(destination.count >= count * dtype.bitWidth / 8, "destination too small")
-        guard count > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return 0 }
-        var largest: UInt32 = 0
+        guard count > 0, let src = source.baseAddress, let dst = destination.baseAddress else { return false }
         let aligned16 = Int(bitPattern: dst) % 2 == 0
         switch dtype {
-        case .bf16 where aligned16:
-            let bits = dst.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count {
-                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
-                bits[i] = bf16(from: src[i]).littleEndian
-            }
-        case .f16 where aligned16:
-            let bits = dst.assumingMemoryBound(to: UInt16.self)
-            for i in 0..<count {
-                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
-                bits[i] = f16(from: src[i]).littleEndian
-            }
         case .bf16, .f16:
-            for i in 0..<count {
-                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
-                dst.storeBytes(of: dtype == .bf16 ? bf16(from: src[i]) : f16(from: src[i]), toByteOffset: 2 * i, as: UInt16.self)
+            // The exponent field, all ones: infinity or NaN.
+            let infinity: Int16 = dtype == .bf16 ? 0x7F80 : 0x7C00
+            var largest: Int16 = 0
+            if aligned16 && dtype == .bf16 {
+                let bits = dst.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<count {
+                    let h = bf16(from: src[i])
+                    largest = max(largest, Int16(bitPattern: h & 0x7FFF))
+                    bits[i] = h.littleEndian
+                }
+            } else if aligned16 {
+                let bits = dst.assumingMemoryBound(to: UInt16.self)
+                for i in 0..<count {
+                    let h = f16(from: src[i])
+                    largest = max(largest, Int16(bitPattern: h & 0x7FFF))
+                    bits[i] = h.littleEndian
+                }
+            } else {
+                for i in 0..<count {
+                    let h = dtype == .bf16 ? bf16(from: src[i]) : f16(from: src[i])
+                    largest = max(largest, Int16(bitPattern: h & 0x7FFF))
+                    dst.storeBytes(of: h.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
+                }
             }
+            return largest >= infinity
         case .f32:
             dst.copyMemory(from: src, byteCount: 4 * count)
-            for i in 0..<count { largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF) }
+            return !allFinite(source)
         case .f64:
-            for i in 0..<count {
-                largest = max(largest, src[i].bitPattern & 0x7FFF_FFFF)
-                dst.storeBytes(of: Double(src[i]), toByteOffset: 8 * i, as: Double.self)
-            }
+            for i in 0..<count { dst.storeBytes(of: Double(src[i]), toByteOffset: 8 * i, as: Double.self) }
+            return !allFinite(source)
         default:
             preconditionFailure("encode to \(dtype.rawValue) is not supported; check canEncode first")
         }
-        return largest
+    }
+
+    private static func allFinite(_ values: UnsafeBufferPointer<Float>) -> Bool {
+        var largest: UInt32 = 0
+        for value in values { largest = max(largest, value.bitPattern & 0x7FFF_FFFF) }
+        return largest < 0x7F80_0000
     }
 }

@@ -97,11 +97,19 @@ private func checkEncoder(exponentBits: Int, fractionBits: Int, encode: (Float) 
     for (name, dtype) in [("as_bf16", DType.bf16), ("as_f16", DType.f16)] {
         let torch = [UInt8](try file.view(name).bytes)
         var ours = [UInt8](repeating: 0, count: torch.count)
-        let largest = values.withUnsafeBufferPointer { src in
+        let nonFinite = values.withUnsafeBufferPointer { src in
             ours.withUnsafeMutableBytes { Codec.encode(src, as: dtype, into: $0) }
         }
-        // The encoder's screen is the largest magnitude bit pattern of the source (NaNs included).
-        #expect(largest == values.map { $0.bitPattern & 0x7FFF_FFFF }.max())
+        // The encoder's screen says whether torch's result holds an infinity or a NaN (exponent bits all ones) …
+        let exponentMask: UInt16 = dtype == .bf16 ? 0x7F80 : 0x7C00
+        let torchBits = (0..<values.count).map { UInt16(torch[2 * $0]) | UInt16(torch[2 * $0 + 1]) << 8 }
+        let torchFinite = torchBits.map { $0 & exponentMask != exponentMask }
+        #expect(torchFinite.contains(false) && torchFinite.contains(true))
+        #expect(nonFinite)
+        // … and stays quiet on the values torch keeps finite, the largest of them included.
+        let finite = zip(values, torchFinite).filter(\.1).map(\.0)
+        var scratch = [UInt8](repeating: 0, count: 2 * finite.count)
+        #expect(!finite.withUnsafeBufferPointer { src in scratch.withUnsafeMutableBytes { Codec.encode(src, as: dtype, into: $0) } })
         let mismatches = (0..<values.count).filter { (i: Int) -> Bool in
             torch[2 * i] != ours[2 * i] || torch[2 * i + 1] != ours[2 * i + 1]
         }
@@ -131,8 +139,16 @@ private func checkEncoder(exponentBits: Int, fractionBits: Int, encode: (Float) 
     wide.withUnsafeBytes { raw in out.withUnsafeMutableBufferPointer { Codec.decode(raw, as: .f64, into: $0) } }
     #expect(out == [1.5, -2.25])
     var encoded = [Double](repeating: 0, count: 2)
-    let largest = out.withUnsafeBufferPointer { src in encoded.withUnsafeMutableBytes { Codec.encode(src, as: .f64, into: $0) } }
-    #expect(largest == Float(2.25).bitPattern)
+    let nonFinite = out.withUnsafeBufferPointer { src in encoded.withUnsafeMutableBytes { Codec.encode(src, as: .f64, into: $0) } }
+    #expect(!nonFinite)
+    for special in [Float.infinity, -.infinity, .nan] {
+        let values = [1, special]
+        for dtype in [DType.f32, .f64] {
+            var bytes = [UInt8](repeating: 0, count: 2 * dtype.bitWidth / 8)
+            #expect(values.withUnsafeBufferPointer { src in bytes.withUnsafeMutableBytes { Codec.encode(src, as: dtype, into: $0) } },
+                    "\(special) as \(dtype.rawValue)")
+        }
+    }
     wide = encoded
     #expect(wide == [1.5, -2.25])
 }

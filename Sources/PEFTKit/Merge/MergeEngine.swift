@@ -50,7 +50,9 @@ public enum MergeEngine {
     /// Working-set size of one slice, in Float32 elements (1 MiB): small enough that decode → apply → check → encode
     /// stay in the CPU cache, large enough for efficient BLAS calls.
     static let sliceElements = 1 << 18
-    /// Untouched tensors are copied in pieces of this many bytes, each released from memory once written.
+    /// Untouched tensors are copied in pieces of this many bytes, each released from memory once written; transformed
+    /// tensors release their input in batches of this size too. Fewer, larger releases matter: each one interrupts
+    /// the other core to flush its TLB.
     static let copyChunkBytes = 8 << 20
     /// Condition number above which an unmerge warns that the solve amplifies the merged file's rounding.
     public static let conditionWarningThreshold = 1e4
@@ -239,10 +241,11 @@ public enum MergeEngine {
     }
 
     /// Fills the worker's Float32 buffer, encodes it, and hands the bytes to `write`.
-    /// `check` sees the values and the largest magnitude bits the encoder found, before anything is written.
+    /// `check` sees the values, and whether the encoder met any that are not finite in `dtype`, before anything is
+    /// written.
     private static func encodeSlice(count: Int, dtype: DType, scratch: Scratch,
                                     fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
-                                    check: (UnsafeMutableBufferPointer<Float>, UInt32) throws -> Void = { _, _ in },
+                                    check: (UnsafeMutableBufferPointer<Float>, Bool) throws -> Void = { _, _ in },
                                     write: (UnsafeRawBufferPointer) throws -> Void) throws {
         if scratch.floats.count < count { scratch.floats = [Float](repeating: 0, count: count) }
         let outBytes = count * dtype.bitWidth / 8
@@ -251,9 +254,9 @@ public enum MergeEngine {
             let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
             try fill(slice)
             try scratch.encoded.withUnsafeMutableBytes { encoded in
-                let largest = Codec.encode(UnsafeBufferPointer(slice), as: dtype,
-                                           into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
-                try check(slice, largest)
+                let nonFinite = Codec.encode(UnsafeBufferPointer(slice), as: dtype,
+                                             into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
+                try check(slice, nonFinite)
                 try write(UnsafeRawBufferPointer(rebasing: encoded[0..<outBytes]))
             }
         }
@@ -329,7 +332,7 @@ public enum MergeEngine {
         let inSize = start.dtype.bitWidth / 8, outSize = task.outputDType.bitWidth / 8
         let isUnmerge = state.plan.request.direction == .unmerge
         let allowNonFinite = state.plan.request.allowNonFinite
-        var firstRow = 0
+        var firstRow = 0, releasedBytes = 0
         while firstRow < rows {
             let rowRange = firstRow..<min(rows, firstRow + rowsPerSlice)
             let count = rowRange.count * columns
@@ -342,8 +345,8 @@ public enum MergeEngine {
                 if isUnmerge { maxMagnitude = largestMagnitude(floats) }
                 let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
                 for operation in operations { apply(operation, to: slice) }
-            } check: { floats, largest in
-                try checkFinite(floats, largest: largest, task: task, firstRow: firstRow, columns: columns,
+            } check: { floats, nonFinite in
+                try checkFinite(floats, nonFinite: nonFinite, task: task, firstRow: firstRow, columns: columns,
                                 allowed: allowNonFinite)
             } write: { bytes in
                 try writer.write(task.name, chunk: bytes, at: firstRow * columns * outSize)
@@ -352,8 +355,12 @@ public enum MergeEngine {
                 let bound = driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType, operations: operations)
                 state.update { $0.driftBound = max($0.driftBound, bound) }
             }
-            start.release(bytes: firstRow * columns * inSize ..< rowRange.upperBound * columns * inSize)
             firstRow = rowRange.upperBound
+            let consumedBytes = firstRow * columns * inSize
+            if consumedBytes - releasedBytes >= copyChunkBytes || firstRow == rows {
+                start.release(bytes: releasedBytes..<consumedBytes)
+                releasedBytes = consumedBytes
+            }
         }
     }
 
@@ -364,8 +371,8 @@ public enum MergeEngine {
         try encodeSlice(count: count, dtype: task.outputDType, scratch: scratch) { floats in
             try start.withBytes { Codec.decode($0, as: start.dtype, into: floats) }
             for case .loraBias(let bias, let scale) in operations { LoRA.applyBias(bias, scale: scale, to: floats) }
-        } check: { floats, largest in
-            try checkFinite(floats, largest: largest, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
+        } check: { floats, nonFinite in
+            try checkFinite(floats, nonFinite: nonFinite, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
         } write: { bytes in
             try writer.write(task.name, bytes: bytes)
         }
@@ -382,16 +389,15 @@ public enum MergeEngine {
     }
 
     /// Refuses values that are not finite, or that the output dtype would round to infinity.
-    /// `largest` is the encoder's screen (the largest magnitude bits); only when it trips are the values searched.
-    private static func checkFinite(_ values: UnsafeMutableBufferPointer<Float>, largest: UInt32, task: TensorTask,
+    /// `nonFinite` is the encoder's screen; only when it trips are the values searched.
+    private static func checkFinite(_ values: UnsafeMutableBufferPointer<Float>, nonFinite: Bool, task: TensorTask,
                                     firstRow: Int, columns: Int, allowed: Bool) throws {
-        guard !allowed else { return }
+        guard nonFinite, !allowed else { return }
         let limit: Float = switch task.outputDType {
         case .f16: 65520  // the f16 rounding boundary to infinity
         case .bf16: Float(bitPattern: 0x7F7F_8000)
         default: .infinity
         }
-        guard largest >= limit.bitPattern else { return }
         for (i, value) in values.enumerated() where !(value.magnitude < limit) {
             let what = value.isFinite ? "\(value), beyond the largest \(task.outputDType.rawValue)" : "\(value)"
             throw PEFTKitError(.numerics, tensor: task.name,

@@ -37,7 +37,8 @@ enum Bone {
     static func applyBat(_ blocks: [Float], rank r: Int, scale s: Float, to slice: WeightRows) {
         precondition(slice.rows.lowerBound % r == 0 && slice.rows.count % r == 0 && slice.columns % r == 0)
         let tilesPerBand = slice.columns / r
-        var change = [Float](repeating: 0, count: r * slice.columns)
+        // Every element is overwritten by the product (β = 0), so the buffer needs no zeroing.
+        var change = [Float](unsafeUninitializedCapacity: r * slice.columns) { _, count in count = r * slice.columns }
         blocks.withUnsafeBufferPointer { blocks in
             change.withUnsafeMutableBufferPointer { change in
                 for bandStart in stride(from: slice.rows.lowerBound, to: slice.rows.upperBound, by: r) {
