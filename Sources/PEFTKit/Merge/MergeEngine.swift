@@ -125,36 +125,47 @@ public enum MergeEngine {
         }
     }
 
-    /// One worker's Float32 and encoded buffers, reused from slice to slice.
-    private final class Scratch {
+    /// One worker's Float32 buffer, reused from slice to slice, and its way into the output file.
+    private final class Worker {
         var floats = [Float]()
-        var encoded = [UInt8]()
+        let file: SharedOutputFile
+        let slices: SliceWriter
+
+        init(file: SharedOutputFile) {
+            self.file = file
+            slices = SliceWriter(file, capacity: MergeEngine.slicesPerWorker)
+        }
     }
+
+    /// Encoded slices a worker may hold while the output file is busy.
+    static let slicesPerWorker = 8
 
     /// Workers per run: the tensors of a file are shared out between them.
     static var workerCount: Int { max(1, min(2, ProcessInfo.processInfo.activeProcessorCount)) }
 
     private static func write(_ name: String, tasks: [TensorTask], into folder: OutputFolder, state: RunState) throws {
         let metadata = tasks.first?.source?.file.metadata ?? [("format", "pt")]
-        let writer = try SafeTensorsWriter(path: folder.path(of: name),
-                                           tensors: tasks.map { TensorSpec(name: $0.name, dtype: $0.outputDType, shape: $0.shape) },
-                                           metadata: metadata)
+        let file = SharedOutputFile(
+            try SafeTensorsWriter(path: folder.path(of: name),
+                                  tensors: tasks.map { TensorSpec(name: $0.name, dtype: $0.outputDType, shape: $0.shape) },
+                                  metadata: metadata))
         let taskByName = Dictionary(uniqueKeysWithValues: tasks.map { ($0.name, $0) })
-        // In file order, so that each worker writes front to back.
-        let ordered = writer.tensors.map { taskByName[$0.name]! }
+        // In file order, so that the file is written front to back.
+        let ordered = file.writer.tensors.map { taskByName[$0.name]! }
         let queue = WorkQueue(count: ordered.count)
         DispatchQueue.concurrentPerform(iterations: workerCount) { _ in
-            let scratch = Scratch()
-            while let index = queue.next() {
-                do {
-                    try process(ordered[index], writer: writer, state: state, scratch: scratch)
-                } catch {
-                    queue.fail(error)
+            let worker = Worker(file: file)
+            do {
+                while let index = queue.next() {
+                    try process(ordered[index], worker: worker, state: state)
                 }
+                try worker.slices.flush()
+            } catch {
+                queue.fail(error)
             }
         }
         if let error = queue.error { throw error }
-        try writer.finish()
+        try file.writer.finish()
     }
 
     /// Hands out task indices in order until done or until a worker fails.
@@ -178,23 +189,23 @@ public enum MergeEngine {
         func fail(_ error: Error) { lock.withLock { if self.error == nil { self.error = error } } }
     }
 
-    private static func process(_ task: TensorTask, writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
+    private static func process(_ task: TensorTask, worker: Worker, state: RunState) throws {
         if !task.steps.isEmpty {
-            try transform(task, writer: writer, state: state, scratch: scratch)
+            try transform(task, worker: worker, state: state)
             state.update {
                 $0.transformed += 1
                 $0.transformedTensors.append(task.name)
             }
         } else if let replacement = task.replacement {
-            try convert(replacement, name: task.name, to: task.outputDType, writer: writer, scratch: scratch)
+            try convert(replacement, name: task.name, to: task.outputDType, worker: worker)
             state.update { $0.replaced += 1 }
         } else {
-            try copy(task, to: writer, state: state, scratch: scratch)
+            try copy(task, worker: worker, state: state)
         }
         state.finished(task)
     }
 
-    private static func copy(_ task: TensorTask, to writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
+    private static func copy(_ task: TensorTask, worker: Worker, state: RunState) throws {
         let source = task.source!
         if task.outputDType == source.info.dtype && task.name == source.info.name {
             let tensor = StoredTensor(view: try source.file.view(source.info))
@@ -202,7 +213,7 @@ public enum MergeEngine {
             repeat {
                 let end = min(tensor.byteCount, offset + copyChunkBytes)
                 try tensor.withBytes { bytes in
-                    try writer.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
+                    try worker.file.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
                 }
                 tensor.release(bytes: offset..<end)
                 offset = end
@@ -210,7 +221,7 @@ public enum MergeEngine {
             state.update { $0.copied += 1 }
         } else {
             try convert(StoredTensor(view: try source.file.view(source.info)), name: task.name, to: task.outputDType,
-                        writer: writer, scratch: scratch)
+                        worker: worker)
             source.file.release(source.info)
             let converted = task.outputDType != source.info.dtype
             state.update { if converted { $0.converted += 1 } else { $0.copied += 1 } }
@@ -218,10 +229,9 @@ public enum MergeEngine {
     }
 
     /// Writes `tensor` as `dtype`, byte for byte when the dtype already matches, else through Float32 in slices.
-    private static func convert(_ tensor: StoredTensor, name: String, to dtype: DType, writer: SafeTensorsWriter,
-                                scratch: Scratch) throws {
+    private static func convert(_ tensor: StoredTensor, name: String, to dtype: DType, worker: Worker) throws {
         if tensor.dtype == dtype {
-            try tensor.withBytes { try writer.write(name, bytes: $0) }
+            try tensor.withBytes { try worker.file.write(name, chunk: $0, at: 0) }
             return
         }
         let inSize = tensor.dtype.bitWidth / 8, outSize = dtype.bitWidth / 8
@@ -229,35 +239,27 @@ public enum MergeEngine {
             var start = 0
             while start < tensor.elementCount {
                 let count = min(sliceElements, tensor.elementCount - start)
-                try encodeSlice(count: count, dtype: dtype, scratch: scratch) { floats in
+                try encodeSlice(count: count, dtype: dtype, worker: worker, into: name, at: start * outSize) { floats in
                     Codec.decode(UnsafeRawBufferPointer(rebasing: source[(start * inSize)...].prefix(count * inSize)),
                                  as: tensor.dtype, into: floats)
-                } write: { bytes in
-                    try writer.write(name, chunk: bytes, at: start * outSize)
                 }
                 start += count
             }
         }
     }
 
-    /// Fills the worker's Float32 buffer, encodes it, and hands the bytes to `write`.
+    /// Fills the worker's Float32 buffer, encodes it, and writes the bytes into tensor `name` at byte `offset`.
     /// `check` sees the values, and whether the encoder met any that are not finite in `dtype`, before anything is
     /// written.
-    private static func encodeSlice(count: Int, dtype: DType, scratch: Scratch,
+    private static func encodeSlice(count: Int, dtype: DType, worker: Worker, into name: String, at offset: Int,
                                     fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
-                                    check: (UnsafeMutableBufferPointer<Float>, Bool) throws -> Void = { _, _ in },
-                                    write: (UnsafeRawBufferPointer) throws -> Void) throws {
-        if scratch.floats.count < count { scratch.floats = [Float](repeating: 0, count: count) }
-        let outBytes = count * dtype.bitWidth / 8
-        if scratch.encoded.count < outBytes { scratch.encoded = [UInt8](repeating: 0, count: outBytes) }
-        try scratch.floats.withUnsafeMutableBufferPointer { floats in
+                                    check: (UnsafeMutableBufferPointer<Float>, Bool) throws -> Void = { _, _ in }) throws {
+        if worker.floats.count < count { worker.floats = [Float](repeating: 0, count: count) }
+        try worker.floats.withUnsafeMutableBufferPointer { floats in
             let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
             try fill(slice)
-            try scratch.encoded.withUnsafeMutableBytes { encoded in
-                let nonFinite = Codec.encode(UnsafeBufferPointer(slice), as: dtype,
-                                             into: UnsafeMutableRawBufferPointer(rebasing: encoded[0..<outBytes]))
-                try check(slice, nonFinite)
-                try write(UnsafeRawBufferPointer(rebasing: encoded[0..<outBytes]))
+            try worker.slices.write(name, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
+                try check(slice, Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: encoded))
             }
         }
     }
@@ -312,7 +314,7 @@ public enum MergeEngine {
         }
     }
 
-    private static func transform(_ task: TensorTask, writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
+    private static func transform(_ task: TensorTask, worker: Worker, state: RunState) throws {
         // The starting value: the base's, or the whole tensor an adapter carries in its place.
         let start = try task.replacement ?? StoredTensor(view: try task.source!.file.view(task.source!.info))
         let rows = task.shape.first ?? 1
@@ -324,7 +326,7 @@ public enum MergeEngine {
             state.update { $0.worstCondition = max($0.worstCondition ?? 0, Double(inverse.worstCondition)) }
         }
         if task.shape.count == 1 {
-            try transformVector(task, operations: operations, start: start, writer: writer, state: state, scratch: scratch)
+            try transformVector(task, operations: operations, start: start, worker: worker, state: state)
             return
         }
         let alignment = operations.reduce(1) { lcm($0, $1.rowAlignment) }
@@ -337,7 +339,8 @@ public enum MergeEngine {
             let rowRange = firstRow..<min(rows, firstRow + rowsPerSlice)
             let count = rowRange.count * columns
             var maxMagnitude: Float = 0
-            try encodeSlice(count: count, dtype: task.outputDType, scratch: scratch) { floats in
+            try encodeSlice(count: count, dtype: task.outputDType, worker: worker,
+                            into: task.name, at: firstRow * columns * outSize) { floats in
                 try start.withBytes { raw in
                     let bytes = UnsafeRawBufferPointer(rebasing: raw[(firstRow * columns * inSize)...].prefix(count * inSize))
                     Codec.decode(bytes, as: start.dtype, into: floats)
@@ -348,8 +351,6 @@ public enum MergeEngine {
             } check: { floats, nonFinite in
                 try checkFinite(floats, nonFinite: nonFinite, task: task, firstRow: firstRow, columns: columns,
                                 allowed: allowNonFinite)
-            } write: { bytes in
-                try writer.write(task.name, chunk: bytes, at: firstRow * columns * outSize)
             }
             if isUnmerge {
                 let bound = driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType, operations: operations)
@@ -365,16 +366,14 @@ public enum MergeEngine {
     }
 
     private static func transformVector(_ task: TensorTask, operations: [Operation], start: StoredTensor,
-                                        writer: SafeTensorsWriter, state: RunState, scratch: Scratch) throws {
+                                        worker: Worker, state: RunState) throws {
         let count = task.shape[0]
         let allowNonFinite = state.plan.request.allowNonFinite
-        try encodeSlice(count: count, dtype: task.outputDType, scratch: scratch) { floats in
+        try encodeSlice(count: count, dtype: task.outputDType, worker: worker, into: task.name, at: 0) { floats in
             try start.withBytes { Codec.decode($0, as: start.dtype, into: floats) }
             for case .loraBias(let bias, let scale) in operations { LoRA.applyBias(bias, scale: scale, to: floats) }
         } check: { floats, nonFinite in
             try checkFinite(floats, nonFinite: nonFinite, task: task, firstRow: 0, columns: count, allowed: allowNonFinite)
-        } write: { bytes in
-            try writer.write(task.name, bytes: bytes)
         }
     }
 
