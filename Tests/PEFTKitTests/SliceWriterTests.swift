@@ -19,10 +19,10 @@ import Testing
         let deferred = DispatchSemaphore(value: 0), released = DispatchSemaphore(value: 0), flushed = DispatchSemaphore(value: 0)
         let failures = Failures()
         DispatchQueue.global().async {
-            let early = SliceWriter(file, capacity: 3)
+            let early = SliceWriter(capacity: 3)
             do {
                 for row in 0..<2 {
-                    try early.write("w", at: row * columns, byteCount: columns) {
+                    try early.write("w", into: file, at: row * columns, byteCount: columns) {
                         $0.initializeMemory(as: UInt8.self, repeating: UInt8(row + 1))
                     }
                 }
@@ -41,10 +41,10 @@ import Testing
 
         // The other rows from two workers at once, each with one spare buffer.
         DispatchQueue.concurrentPerform(iterations: 2) { worker in
-            let slices = SliceWriter(file, capacity: 2)
+            let slices = SliceWriter(capacity: 2)
             do {
                 for row in stride(from: 2 + worker, to: rows, by: 2) {
-                    try slices.write("w", at: row * columns, byteCount: columns) {
+                    try slices.write("w", into: file, at: row * columns, byteCount: columns) {
                         $0.initializeMemory(as: UInt8.self, repeating: UInt8(row + 1))
                     }
                 }

@@ -65,9 +65,7 @@ public enum MergeEngine {
         // Each worker runs BLAS on its own slices: OpenBLAS's own threads only spin on these small products.
         LinearAlgebra.useOneThread()
         let state = RunState(plan: plan, progress: progress)
-        for file in plan.files {
-            try write(file.name, tasks: file.tasks, into: folder, state: state)
-        }
+        try writeFiles(plan, into: folder, state: state)
         if plan.writesIndex { try writeIndex(plan, into: folder) }
         var sideNotes: [String] = []
         try copySideFiles(plan, into: folder, notes: &sideNotes)
@@ -125,68 +123,108 @@ public enum MergeEngine {
         }
     }
 
-    /// One worker's Float32 buffer, reused from slice to slice, and its way into the output file.
+    /// One worker's Float32 buffer and encoded slices, reused from task to task, and the file it is writing.
     private final class Worker {
         var floats = [Float]()
-        let file: SharedOutputFile
-        let slices: SliceWriter
+        let slices = SliceWriter(capacity: MergeEngine.slicesPerWorker)
+        var file: SharedOutputFile
 
-        init(file: SharedOutputFile) {
-            self.file = file
-            slices = SliceWriter(file, capacity: MergeEngine.slicesPerWorker)
-        }
+        init(file: SharedOutputFile) { self.file = file }
     }
 
-    /// Encoded slices a worker may hold while the output file is busy.
+    /// Encoded slices a worker may hold while its output file is busy.
     static let slicesPerWorker = 8
 
-    /// Workers per run: the tensors of a file are shared out between them.
+    /// Workers per run.
     static var workerCount: Int { max(1, min(2, ProcessInfo.processInfo.activeProcessorCount)) }
 
-    private static func write(_ name: String, tasks: [TensorTask], into folder: OutputFolder, state: RunState) throws {
-        let metadata = tasks.first?.source?.file.metadata ?? [("format", "pt")]
-        let file = SharedOutputFile(
-            try SafeTensorsWriter(path: folder.path(of: name),
-                                  tensors: tasks.map { TensorSpec(name: $0.name, dtype: $0.outputDType, shape: $0.shape) },
-                                  metadata: metadata))
-        let taskByName = Dictionary(uniqueKeysWithValues: tasks.map { ($0.name, $0) })
-        // In file order, so that the file is written front to back.
-        let ordered = file.writer.tensors.map { taskByName[$0.name]! }
-        let queue = WorkQueue(count: ordered.count)
+    /// Writes every output file. Each worker keeps to a file of its own while there is one (two files are written in
+    /// parallel by the kernel, one file only in turns) and helps with another when its own is done; the worker that
+    /// finishes a file's last tensor syncs it and renames it into place.
+    private static func writeFiles(_ plan: MergePlan, into folder: OutputFolder, state: RunState) throws {
+        let files = try plan.files.map { planned -> (file: SharedOutputFile, tasks: [TensorTask]) in
+            let metadata = planned.tasks.first?.source?.file.metadata ?? [("format", "pt")]
+            let file = SharedOutputFile(
+                try SafeTensorsWriter(path: folder.path(of: planned.name),
+                                      tensors: planned.tasks.map { TensorSpec(name: $0.name, dtype: $0.outputDType, shape: $0.shape) },
+                                      metadata: metadata))
+            let taskByName = Dictionary(uniqueKeysWithValues: planned.tasks.map { ($0.name, $0) })
+            // In file order, so that each file is written front to back.
+            return (file, file.writer.tensors.map { taskByName[$0.name]! })
+        }
+        guard !files.isEmpty else { return }
+        let scheduler = Scheduler(files.map { $0.tasks.map(\.outputBytes) })
         DispatchQueue.concurrentPerform(iterations: workerCount) { _ in
-            let worker = Worker(file: file)
-            do {
-                while let index = queue.next() {
-                    try process(ordered[index], worker: worker, state: state)
+            let worker = Worker(file: files[0].file)
+            var current: Int?
+            while let (index, task) = scheduler.next(after: current) {
+                current = index
+                worker.file = files[index].file
+                do {
+                    try process(files[index].tasks[task], worker: worker, state: state)
+                    try worker.slices.flush()
+                    if scheduler.finished(file: index) { try worker.file.writer.finish() }
+                    state.finished(files[index].tasks[task])
+                } catch {
+                    scheduler.fail(error)
                 }
-                try worker.slices.flush()
-            } catch {
-                queue.fail(error)
             }
         }
-        if let error = queue.error { throw error }
-        try file.writer.finish()
+        if let error = scheduler.error { throw error }
     }
 
-    /// Hands out task indices in order until done or until a worker fails.
-    private final class WorkQueue: @unchecked Sendable {
-        // @unchecked: `position` and `error` are only touched under `lock`.
+    /// Hands out tasks, in order within each file, until all are done or a worker fails. A worker whose file has no
+    /// tasks left moves to the file with the fewest workers, then the most bytes left.
+    private final class Scheduler: @unchecked Sendable {
+        // @unchecked: every property is only touched under `lock`.
         private let lock = NSLock()
-        private let count: Int
-        private var position = 0
-        private(set) var error: Error?
+        private let taskBytes: [[Int]]
+        private var nextTask: [Int]
+        private var bytesLeft: [Int]
+        private var unfinished: [Int]
+        private var workers: [Int]
+        private var failure: Error?
 
-        init(count: Int) { self.count = count }
+        init(_ taskBytes: [[Int]]) {
+            self.taskBytes = taskBytes
+            nextTask = taskBytes.map { _ in 0 }
+            bytesLeft = taskBytes.map { $0.reduce(0, +) }
+            unfinished = taskBytes.map(\.count)
+            workers = taskBytes.map { _ in 0 }
+        }
 
-        func next() -> Int? {
+        var error: Error? { lock.withLock { failure } }
+
+        /// The next (file, task) for a worker that was on file `current`.
+        func next(after current: Int?) -> (file: Int, task: Int)? {
             lock.withLock {
-                guard error == nil, position < count else { return nil }
-                defer { position += 1 }
-                return position
+                guard failure == nil else { return nil }
+                let file: Int
+                if let current, nextTask[current] < taskBytes[current].count {
+                    file = current
+                } else {
+                    if let current { workers[current] -= 1 }
+                    guard let other = taskBytes.indices.filter({ nextTask[$0] < taskBytes[$0].count })
+                        .min(by: { (workers[$0], -bytesLeft[$0]) < (workers[$1], -bytesLeft[$1]) }) else { return nil }
+                    file = other
+                    workers[file] += 1
+                }
+                let task = nextTask[file]
+                nextTask[file] += 1
+                bytesLeft[file] -= taskBytes[file][task]
+                return (file, task)
             }
         }
 
-        func fail(_ error: Error) { lock.withLock { if self.error == nil { self.error = error } } }
+        /// Records a finished task; true when it was its file's last.
+        func finished(file: Int) -> Bool {
+            lock.withLock {
+                unfinished[file] -= 1
+                return unfinished[file] == 0
+            }
+        }
+
+        func fail(_ error: Error) { lock.withLock { if failure == nil { failure = error } } }
     }
 
     private static func process(_ task: TensorTask, worker: Worker, state: RunState) throws {
@@ -202,7 +240,6 @@ public enum MergeEngine {
         } else {
             try copy(task, worker: worker, state: state)
         }
-        state.finished(task)
     }
 
     private static func copy(_ task: TensorTask, worker: Worker, state: RunState) throws {
@@ -258,7 +295,7 @@ public enum MergeEngine {
         try worker.floats.withUnsafeMutableBufferPointer { floats in
             let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
             try fill(slice)
-            try worker.slices.write(name, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
+            try worker.slices.write(name, into: worker.file, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
                 try check(slice, Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: encoded))
             }
         }

@@ -19,27 +19,24 @@ final class SharedOutputFile: @unchecked Sendable {
     }
 }
 
-/// One worker's encoded slices on their way into a `SharedOutputFile`. A slice is written at once when the file is
+/// One worker's encoded slices on their way into `SharedOutputFile`s. A slice is written at once when its file is
 /// free; otherwise it waits in one of a few buffers while the worker computes the next, and the worker waits for
 /// the file only when all its buffers are full.
 final class SliceWriter {
-    private let file: SharedOutputFile
     private let capacity: Int
     private var spare: [UnsafeMutableRawBufferPointer] = []
-    private var pending: [(name: String, offset: Int, bytes: UnsafeMutableRawBufferPointer, buffer: UnsafeMutableRawBufferPointer)] = []
+    private var pending: [(file: SharedOutputFile, name: String, offset: Int, bytes: UnsafeMutableRawBufferPointer,
+                           buffer: UnsafeMutableRawBufferPointer)] = []
 
-    init(_ file: SharedOutputFile, capacity: Int) {
-        self.file = file
-        self.capacity = capacity
-    }
+    init(capacity: Int) { self.capacity = capacity }
 
     deinit {
         for buffer in spare + pending.map(\.buffer) { buffer.deallocate() }
     }
 
-    /// Lets `fill` produce `byteCount` bytes of tensor `name` in a buffer, then writes them at `offset` now or later
-    /// (at the latest by `flush()`).
-    func write(_ name: String, at offset: Int, byteCount: Int,
+    /// Lets `fill` produce `byteCount` bytes of tensor `name` in a buffer, then writes them into `file` at `offset`,
+    /// now or later (at the latest by `flush()`).
+    func write(_ name: String, into file: SharedOutputFile, at offset: Int, byteCount: Int,
                fill: (UnsafeMutableRawBufferPointer) throws -> Void) throws {
         var buffer = spare.popLast() ?? .allocate(byteCount: max(byteCount, 1), alignment: 64)
         if buffer.count < byteCount {
@@ -53,25 +50,28 @@ final class SliceWriter {
             spare.append(buffer)
             throw error
         }
-        pending.append((name, offset, bytes, buffer))
+        pending.append((file, name, offset, bytes, buffer))
         if pending.count >= capacity {
             try flush()
         } else if file.turn.try() {
             defer { file.turn.unlock() }
-            try writePending()
+            try writePending(to: file)
         }
     }
 
-    /// Writes every pending slice, waiting for the file's turn.
+    /// Writes every pending slice, waiting for each file's turn.
     func flush() throws {
-        guard !pending.isEmpty else { return }
-        try file.turn.withLock { try writePending() }
+        while let file = pending.first?.file {
+            try file.turn.withLock { try writePending(to: file) }
+        }
     }
 
-    private func writePending() throws {
-        while let slice = pending.first {
+    /// Writes the pending slices of `file`, whose turn the caller holds.
+    private func writePending(to file: SharedOutputFile) throws {
+        while let index = pending.firstIndex(where: { $0.file === file }) {
+            let slice = pending[index]
             try file.writer.write(slice.name, chunk: UnsafeRawBufferPointer(slice.bytes), at: slice.offset)
-            spare.append(pending.removeFirst().buffer)
+            spare.append(pending.remove(at: index).buffer)
         }
     }
 }
