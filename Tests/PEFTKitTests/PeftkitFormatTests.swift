@@ -58,6 +58,19 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         try roundTrip(try TinyLoRA.writePEFTFolder(in: scratch))
     }
 
+    /// A temporary file left by a killed conversion to the same path is removed; one a live process is writing is not.
+    @Test func writingClearsWhatAKilledRunLeft() throws {
+        let scratch = scratchFolder()
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let adapter = try AdapterLoader.load(try TinyLoRA.writePEFTFolder(in: scratch))
+        let stale = join(scratch, ".peftkit-tmp-tiny.safetensors-99999999-1a2b3c")  // no process has this pid
+        let live = join(scratch, ".peftkit-tmp-tiny.safetensors-\(getpid())-4d5e6f")
+        for path in [stale, live] { #expect(FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3]))) }
+        try PeftkitFormat.write(adapter, to: join(scratch, "tiny.safetensors"), fingerprint: nil)
+        #expect(!FileManager.default.fileExists(atPath: stale))
+        #expect(FileManager.default.fileExists(atPath: live))
+    }
+
     /// A legacy `adapter_model.bin` converts to the same tensors as the `adapter_model.safetensors` PEFT wrote for it.
     private func legacyConverts(_ binFolder: String, twin: String) throws {
         let scratch = scratchFolder()

@@ -244,6 +244,8 @@ public enum PeftkitFormat {
             throw PEFTKitError(.invalidConfig, file: path, "\"\(fingerprint)\" is not a base fingerprint (SCHEME:VALUE)")
         }
         try OutputPath.checkWritable(path, force: force, expectFolder: false)
+        let (parent, name) = OutputPath.split(path)
+        OutputFolder.removeStaleTemporaries(in: parent, for: name)  // what a killed earlier run left
 
         let tensors = adapter.allTensors
         var checksums: [String: UInt32] = [:]
