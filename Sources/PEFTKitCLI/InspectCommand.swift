@@ -71,7 +71,20 @@ struct InspectCommand: AsyncParsableCommand {
         Console.current.output(format.json
             ? InspectJSONReport.render(inspection)
             : InspectTextReport.render(inspection, showAll: all))
-        if !inspection.adapterProblems.isEmpty { throw ExitStatus.checkFailed }
-        if let fit = inspection.adapter?.base, !fit.problems.isEmpty { throw ExitStatus.baseMismatch }
+        // The report lists the problems; one line on standard error says why the status is not 0, also when
+        // standard output goes to a file or a JSON consumer.
+        let subject = TerminalText.escaped(path)
+        if !inspection.adapterProblems.isEmpty {
+            Console.current.error("peftkit: \(subject): unusable adapter, "
+                                  + "\(count(inspection.adapterProblems.count, "problem")) (listed in the report)\n")
+            throw ExitStatus.checkFailed
+        }
+        if let fit = inspection.adapter?.base, !fit.problems.isEmpty {
+            Console.current.error("peftkit: \(subject): does not fit the base \(TerminalText.escaped(base ?? "")), "
+                                  + "\(count(fit.problems.count, "problem")) (listed in the report)\n")
+            throw ExitStatus.baseMismatch
+        }
     }
+
+    private func count(_ n: Int, _ noun: String) -> String { "\(n) \(noun)\(n == 1 ? "" : "s")" }
 }

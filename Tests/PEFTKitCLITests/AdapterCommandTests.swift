@@ -89,6 +89,17 @@ func inspectCountsAdapterParametersCorrectly(_ caseName: String) async throws {
     #expect(summaryLine(result.standardOutput, "problems") == "28 between the adapter's config and its tensors:")
     #expect(result.standardOutput.contains("- module 'model.layers.0.mlp.down_proj': lora_A has 8 rows but the module's r is 4"))
     #expect(result.standardOutput.contains("base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"))
+    // Standard error says why the status is 1, in one line.
+    #expect(result.standardError == "peftkit: \(folder)/adapter: unusable adapter, 28 problems (listed in the report)\n")
+}
+
+@Test func inspectAgainstTheWrongBaseExitsThreeSayingWhy() async throws {
+    let adapter = "\(cases)/lora-fanin-gpt2-f16/adapter", base = "\(cases)/lora-llama-f32/base"
+    let result = await peftkit("inspect", adapter, "--base", base)
+    #expect(result.status == 3)
+    #expect(result.standardOutput.contains("transformer.h.0.attn.c_attn"))
+    #expect(result.standardError.hasPrefix("peftkit: \(adapter): does not fit the base \(base), "))
+    #expect(result.standardError.hasSuffix(" (listed in the report)\n"))
 }
 
 /// The value of a summary row, whatever the label padding.
