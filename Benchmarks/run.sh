@@ -35,7 +35,8 @@ Writes Benchmarks/results/latest.md (table) and latest.csv (every run).
 
 Options:
   --runs N          runs of cp and of each peftkit merge (default $RUNS)
-  --peft-runs K     runs of each HF PEFT merge (default $PEFT_RUNS; ~30-40 s each)
+  --peft-runs K     runs of each HF PEFT merge, spread over the rounds (default $PEFT_RUNS;
+                    12-25 s each here)
   --inspect-runs N  hyperfine runs of peftkit inspect (default $INSPECT_RUNS)
   --large           also time the 66-layer checkpoint (make_inputs.py --layers 66)
   --large-runs N    runs for --large (default $LARGE_RUNS)
@@ -70,6 +71,7 @@ parse_args() {
     for n in "$RUNS" "$PEFT_RUNS" "$INSPECT_RUNS" "$LARGE_RUNS"; do
         [[ "$n" =~ ^[0-9]+$ ]] || die "not a count: $n"
     done
+    (( RUNS > 0 )) || die "--runs must be at least 1"
 }
 
 # The default binary is built if missing; a build failure is not fatal: the peftkit rows then
@@ -140,21 +142,24 @@ measure() {
     fi
 }
 
+# The HF PEFT runs are spread evenly over the same rounds (the p-th lands in the round nearest p*N/K), so that a
+# machine whose speed drifts during the run (a VM's neighbours) skews the speed-up less than a block of PEFT runs
+# at the end would.
 bench_small() {
-    local root="$CACHE/llama-22l-bf16" base="$CACHE/llama-22l-bf16/base" r a
-    echo "== cp vs peftkit merge, 22 layers, $RUNS runs each, interleaved"
+    local root="$CACHE/llama-22l-bf16" base="$CACHE/llama-22l-bf16/base" r a p peft_done=0
+    echo "== cp, peftkit merge and HF PEFT merge, 22 layers, interleaved: $RUNS rounds, $PEFT_RUNS HF PEFT run(s) each"
     for ((r = 1; r <= RUNS; r++)); do
         measure "cp -r" cp "" 22 "$r" -- cp -r "$base" "$OUT"
         for a in "${ADAPTERS[@]}"; do
             measure "peftkit merge ${a/-/ }" peftkit "$a" 22 "$r" -- \
                 "$PEFTKIT" merge "$base" "$root/$a" --output "$OUT" --force --quiet
         done
-    done
-    echo "== HF PEFT merge, 22 layers, $PEFT_RUNS run(s) each"
-    for ((r = 1; r <= PEFT_RUNS; r++)); do
-        for a in "${ADAPTERS[@]}"; do
-            measure "HF PEFT merge ${a/-/ }" peft "$a" 22 "$r" -- \
-                "$PYTHON" "$SCRIPT_DIR/peft_merge.py" "$base" "$root/$a" "$OUT"
+        for ((p = peft_done; p < (r * PEFT_RUNS + RUNS / 2) / RUNS; p++)); do
+            peft_done=$((p + 1))
+            for a in "${ADAPTERS[@]}"; do
+                measure "HF PEFT merge ${a/-/ }" peft "$a" 22 "$peft_done" -- \
+                    "$PYTHON" "$SCRIPT_DIR/peft_merge.py" "$base" "$root/$a" "$OUT"
+            done
         done
     done
 }
