@@ -33,30 +33,30 @@ enum Bone {
     /// T'(j, i) = T(j, i) + (T(j, i) · sB_j + sB_j) for every tile in a slice whose rows are whole bands of r.
     ///
     /// A band (r rows × in columns, row-major) is also the (in × r) matrix whose row a·(in/r) + i is row a of tile i,
-    /// so one `sgemm` per band computes every tile product. The change is formed first and then added, in PEFT's order.
+    /// so one `sgemm` per band computes every tile product. The change is formed first and then added, in PEFT's
+    /// order: the buffer starts as the sB_j rows and `sgemm` adds the products to it (β = 1).
     static func applyBat(_ blocks: [Float], rank r: Int, scale s: Float, to slice: WeightRows) {
         precondition(slice.rows.lowerBound % r == 0 && slice.rows.count % r == 0 && slice.columns % r == 0)
-        let tilesPerBand = slice.columns / r
-        // Every element is overwritten by the product (β = 0), so the buffer needs no zeroing.
-        var change = [Float](unsafeUninitializedCapacity: r * slice.columns) { _, count in count = r * slice.columns }
+        let tilesPerBand = slice.columns / r, bandCount = r * slice.columns
+        let change = UnsafeMutablePointer<Float>.allocate(capacity: bandCount)
+        defer { change.deallocate() }
         blocks.withUnsafeBufferPointer { blocks in
-            change.withUnsafeMutableBufferPointer { change in
-                for bandStart in stride(from: slice.rows.lowerBound, to: slice.rows.upperBound, by: r) {
-                    let band = slice.row(bandStart)
-                    let block = blocks.baseAddress! + (bandStart / r) * r * r
-                    LinearAlgebra.multiplyAccumulate(
-                        m: slice.columns, n: r, k: r, alpha: s,
-                        a: band, lda: r, transposeA: false, b: block, ldb: r, transposeB: false,
-                        into: change.baseAddress!, ldc: r, beta: 0)
-                    // band += change + sB_j[a], where view row k of the band is row a = k / tilesPerBand of its tile.
-                    for a in 0..<r {
-                        let blockRow = block + a * r
-                        for k in (a * tilesPerBand)..<((a + 1) * tilesPerBand) {
-                            let target = band + k * r, delta = change.baseAddress! + k * r
-                            for c in 0..<r { target[c] += delta[c] + s * blockRow[c] }
-                        }
+            for bandStart in stride(from: slice.rows.lowerBound, to: slice.rows.upperBound, by: r) {
+                let band = slice.row(bandStart)
+                let block = blocks.baseAddress! + (bandStart / r) * r * r
+                // View row k of the band is row a = k / tilesPerBand of its tile: it gets sB_j[a].
+                for a in 0..<r {
+                    let blockRow = block + a * r
+                    for k in (a * tilesPerBand)..<((a + 1) * tilesPerBand) {
+                        let start = change + k * r
+                        for c in 0..<r { start[c] = s * blockRow[c] }
                     }
                 }
+                LinearAlgebra.multiplyAccumulate(
+                    m: slice.columns, n: r, k: r, alpha: s,
+                    a: band, lda: r, transposeA: false, b: block, ldb: r, transposeB: false,
+                    into: change, ldc: r, beta: 1)
+                for i in 0..<bandCount { band[i] += change[i] }
             }
         }
     }
