@@ -123,13 +123,10 @@ public enum MergeEngine {
         }
     }
 
-    /// One worker's Float32 buffer and encoded slices, reused from task to task, and the file it is writing.
+    /// One worker's Float32 buffer and encoded slices, reused from task to task.
     private final class Worker {
         var floats = [Float]()
         let slices = SliceWriter(capacity: MergeEngine.slicesPerWorker)
-        var file: SharedOutputFile
-
-        init(file: SharedOutputFile) { self.file = file }
     }
 
     /// Encoded slices a worker may hold while its output file is busy.
@@ -155,15 +152,15 @@ public enum MergeEngine {
         guard !files.isEmpty else { return }
         let scheduler = Scheduler(files.map { $0.tasks.map(\.outputBytes) })
         DispatchQueue.concurrentPerform(iterations: workerCount) { _ in
-            let worker = Worker(file: files[0].file)
+            let worker = Worker()
             var current: Int?
             while let (index, task) = scheduler.next(after: current) {
                 current = index
-                worker.file = files[index].file
+                let file = files[index].file
                 do {
-                    try process(files[index].tasks[task], worker: worker, state: state)
+                    try process(files[index].tasks[task], worker: worker, file: file, state: state)
                     try worker.slices.flush()
-                    if scheduler.finished(file: index) { try worker.file.writer.finish() }
+                    if scheduler.finished(file: index) { try file.writer.finish() }
                     state.finished(files[index].tasks[task])
                 } catch {
                     scheduler.fail(error)
@@ -227,22 +224,22 @@ public enum MergeEngine {
         func fail(_ error: Error) { lock.withLock { if failure == nil { failure = error } } }
     }
 
-    private static func process(_ task: TensorTask, worker: Worker, state: RunState) throws {
+    private static func process(_ task: TensorTask, worker: Worker, file: SharedOutputFile, state: RunState) throws {
         if !task.steps.isEmpty {
-            try transform(task, worker: worker, state: state)
+            try transform(task, worker: worker, file: file, state: state)
             state.update {
                 $0.transformed += 1
                 $0.transformedTensors.append(task.name)
             }
         } else if let replacement = task.replacement {
-            try convert(replacement, name: task.name, to: task.outputDType, worker: worker)
+            try convert(replacement, name: task.name, to: task.outputDType, worker: worker, file: file)
             state.update { $0.replaced += 1 }
         } else {
-            try copy(task, worker: worker, state: state)
+            try copy(task, worker: worker, file: file, state: state)
         }
     }
 
-    private static func copy(_ task: TensorTask, worker: Worker, state: RunState) throws {
+    private static func copy(_ task: TensorTask, worker: Worker, file: SharedOutputFile, state: RunState) throws {
         let source = task.source!
         if task.outputDType == source.info.dtype && task.name == source.info.name {
             let tensor = StoredTensor(view: try source.file.view(source.info))
@@ -250,7 +247,7 @@ public enum MergeEngine {
             repeat {
                 let end = min(tensor.byteCount, offset + copyChunkBytes)
                 try tensor.withBytes { bytes in
-                    try worker.file.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
+                    try file.write(task.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
                 }
                 tensor.release(bytes: offset..<end)
                 offset = end
@@ -258,7 +255,7 @@ public enum MergeEngine {
             state.update { $0.copied += 1 }
         } else {
             try convert(StoredTensor(view: try source.file.view(source.info)), name: task.name, to: task.outputDType,
-                        worker: worker)
+                        worker: worker, file: file)
             source.file.release(source.info)
             let converted = task.outputDType != source.info.dtype
             state.update { if converted { $0.converted += 1 } else { $0.copied += 1 } }
@@ -266,9 +263,10 @@ public enum MergeEngine {
     }
 
     /// Writes `tensor` as `dtype`, byte for byte when the dtype already matches, else through Float32 in slices.
-    private static func convert(_ tensor: StoredTensor, name: String, to dtype: DType, worker: Worker) throws {
+    private static func convert(_ tensor: StoredTensor, name: String, to dtype: DType, worker: Worker,
+                                file: SharedOutputFile) throws {
         if tensor.dtype == dtype {
-            try tensor.withBytes { try worker.file.write(name, chunk: $0, at: 0) }
+            try tensor.withBytes { try file.write(name, chunk: $0, at: 0) }
             return
         }
         let inSize = tensor.dtype.bitWidth / 8, outSize = dtype.bitWidth / 8
@@ -276,7 +274,8 @@ public enum MergeEngine {
             var start = 0
             while start < tensor.elementCount {
                 let count = min(sliceElements, tensor.elementCount - start)
-                try encodeSlice(count: count, dtype: dtype, worker: worker, into: name, at: start * outSize) { floats in
+                try encodeSlice(count: count, dtype: dtype, worker: worker,
+                                into: file, tensor: name, at: start * outSize) { floats in
                     Codec.decode(UnsafeRawBufferPointer(rebasing: source[(start * inSize)...].prefix(count * inSize)),
                                  as: tensor.dtype, into: floats)
                 }
@@ -285,17 +284,19 @@ public enum MergeEngine {
         }
     }
 
-    /// Fills the worker's Float32 buffer, encodes it, and writes the bytes into tensor `name` at byte `offset`.
+    /// Fills the worker's Float32 buffer, encodes it, and writes the bytes into tensor `name` of `file` at byte
+    /// `offset`.
     /// `check` sees the values, and whether the encoder met any that are not finite in `dtype`, before anything is
     /// written.
-    private static func encodeSlice(count: Int, dtype: DType, worker: Worker, into name: String, at offset: Int,
+    private static func encodeSlice(count: Int, dtype: DType, worker: Worker,
+                                    into file: SharedOutputFile, tensor name: String, at offset: Int,
                                     fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
                                     check: (UnsafeMutableBufferPointer<Float>, Bool) throws -> Void = { _, _ in }) throws {
         if worker.floats.count < count { worker.floats = [Float](repeating: 0, count: count) }
         try worker.floats.withUnsafeMutableBufferPointer { floats in
             let slice = UnsafeMutableBufferPointer(rebasing: floats[0..<count])
             try fill(slice)
-            try worker.slices.write(name, into: worker.file, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
+            try worker.slices.write(name, into: file, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
                 try check(slice, Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: encoded))
             }
         }
@@ -351,7 +352,7 @@ public enum MergeEngine {
         }
     }
 
-    private static func transform(_ task: TensorTask, worker: Worker, state: RunState) throws {
+    private static func transform(_ task: TensorTask, worker: Worker, file: SharedOutputFile, state: RunState) throws {
         // The starting value: the base's, or the whole tensor an adapter carries in its place.
         let start = try task.replacement ?? StoredTensor(view: try task.source!.file.view(task.source!.info))
         let rows = task.shape.first ?? 1
@@ -363,7 +364,7 @@ public enum MergeEngine {
             state.update { $0.worstCondition = max($0.worstCondition ?? 0, Double(inverse.worstCondition)) }
         }
         if task.shape.count == 1 {
-            try transformVector(task, operations: operations, start: start, worker: worker, state: state)
+            try transformVector(task, operations: operations, start: start, worker: worker, file: file, state: state)
             return
         }
         let alignment = operations.reduce(1) { lcm($0, $1.rowAlignment) }
@@ -377,7 +378,7 @@ public enum MergeEngine {
             let count = rowRange.count * columns
             var maxMagnitude: Float = 0
             try encodeSlice(count: count, dtype: task.outputDType, worker: worker,
-                            into: task.name, at: firstRow * columns * outSize) { floats in
+                            into: file, tensor: task.name, at: firstRow * columns * outSize) { floats in
                 try start.withBytes { raw in
                     let bytes = UnsafeRawBufferPointer(rebasing: raw[(firstRow * columns * inSize)...].prefix(count * inSize))
                     Codec.decode(bytes, as: start.dtype, into: floats)
@@ -403,10 +404,11 @@ public enum MergeEngine {
     }
 
     private static func transformVector(_ task: TensorTask, operations: [Operation], start: StoredTensor,
-                                        worker: Worker, state: RunState) throws {
+                                        worker: Worker, file: SharedOutputFile, state: RunState) throws {
         let count = task.shape[0]
         let allowNonFinite = state.plan.request.allowNonFinite
-        try encodeSlice(count: count, dtype: task.outputDType, worker: worker, into: task.name, at: 0) { floats in
+        try encodeSlice(count: count, dtype: task.outputDType, worker: worker,
+                        into: file, tensor: task.name, at: 0) { floats in
             try start.withBytes { Codec.decode($0, as: start.dtype, into: floats) }
             for case .loraBias(let bias, let scale) in operations { LoRA.applyBias(bias, scale: scale, to: floats) }
         } check: { floats, nonFinite in
