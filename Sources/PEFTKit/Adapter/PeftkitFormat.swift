@@ -319,19 +319,10 @@ struct ModuleRecord: Equatable {
     var miniRank: Int?
     /// Role (PEFT suffix) → tensor name.
     var tensors: [String: String]
+}
 
-    init(path: String, kind: AdaptedModule.Kind, rank: Int, alpha: Double?, scaling: Double?, fanInFanOut: Bool?,
-         miniRank: Int?, tensors: [String: String]) {
-        self.path = path
-        self.kind = kind
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = scaling
-        self.fanInFanOut = fanInFanOut
-        self.miniRank = miniRank
-        self.tensors = tensors
-    }
-
+// In an extension, so that the struct keeps its synthesized memberwise initializer.
+extension ModuleRecord {
     /// What the format records for `module`.
     init(_ module: AdaptedModule, config: PEFTConfig) {
         let isLoRA = config.method == .lora
