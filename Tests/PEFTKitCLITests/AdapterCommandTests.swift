@@ -3,11 +3,6 @@ import Testing
 import SafeTensors
 @testable import PEFTKitCLI
 
-private let repositoryRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { url.deleteLastPathComponent() }
-    return url.path
-}()
 private let cases = repositoryRoot + "/fixtures/cases"
 
 /// (in, out) features of every adaptable module of the fixtures' tiny models (fixtures/generate.py's configs:

@@ -3,11 +3,6 @@ import Testing
 import SafeTensors
 @testable import PEFTKitCLI
 
-private let repositoryRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { url.deleteLastPathComponent() }
-    return url.path
-}()
 
 private let exampleCase = repositoryRoot + "/fixtures/cases/lora-llama-f32"
 

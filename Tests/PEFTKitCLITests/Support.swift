@@ -5,6 +5,13 @@ import SafeTensors
 import Glibc
 #endif
 
+/// The repository's root folder (this file is Tests/PEFTKitCLITests/Support.swift).
+let repositoryRoot: String = {
+    var url = URL(fileURLWithPath: #filePath)
+    for _ in 0..<3 { url.deleteLastPathComponent() }
+    return url.path
+}()
+
 /// What one in-process run of `peftkit` produced.
 struct RunResult {
     let status: Int32
