@@ -312,6 +312,20 @@ public enum MergeEngine {
         case bat([Float], rank: Int, scale: Float)
         case removeBat(Bone.BatInverse)
 
+        /// A bound on how far this operation's Float32 change can be from the exact one, twice: the merge that made
+        /// the input (whoever summed it, in whatever order) and the unmerge each sum it. For s · B · A that is the
+        /// classic γ bound, (r + 1) · 2⁻²⁴ · |s| · max Σₖ |B[o, k] · A[k, i]|, with the sum bounded by B's largest
+        /// row sum of magnitudes times A's largest magnitude.
+        var summationError: Double {
+            guard case .lora(let factors, _, let scale) = self, factors.rank > 0 else { return 0 }
+            let r = factors.rank
+            let largestRowSum = (0..<factors.outFeatures).map { o in
+                factors.b[(o * r)..<((o + 1) * r)].reduce(0.0) { $0 + Double($1.magnitude) }
+            }.max() ?? 0
+            let largestA = factors.a.reduce(0.0) { max($0, Double($1.magnitude)) }
+            return 2 * Double(r + 1) * 0x1p-24 * Double(scale.magnitude) * largestRowSum * largestA
+        }
+
         /// Row slices must hold whole bands of r rows for Bat.
         var rowAlignment: Int {
             switch self {
@@ -372,6 +386,7 @@ public enum MergeEngine {
         let inSize = start.dtype.bitWidth / 8, outSize = task.outputDType.bitWidth / 8
         let isUnmerge = state.plan.request.direction == .unmerge
         let allowNonFinite = state.plan.request.allowNonFinite
+        let summationError = isUnmerge ? operations.reduce(0) { $0 + $1.summationError } : 0
         var firstRow = 0, releasedBytes = 0
         while firstRow < rows {
             let rowRange = firstRow..<min(rows, firstRow + rowsPerSlice)
@@ -392,6 +407,7 @@ public enum MergeEngine {
             }
             if isUnmerge {
                 let bound = driftBound(maxMagnitude: maxMagnitude, dtype: task.outputDType, operations: operations)
+                    + summationError
                 state.update { $0.driftBound = max($0.driftBound, bound) }
             }
             firstRow = rowRange.upperBound
@@ -448,7 +464,8 @@ public enum MergeEngine {
     }
 
     /// Rounding the merged values cost at most half an ulp each; subtracting the change and rounding again adds half
-    /// an ulp more. A Bat solve can amplify the first half ulp by the condition number of I + B.
+    /// an ulp more. A Bat solve can amplify the first half ulp by the condition number of I + B. The change itself
+    /// is a Float32 sum whose error (`summationError`) adds to this.
     private static func driftBound(maxMagnitude: Float, dtype: DType, operations: [Operation]) -> Double {
         let ulp = Comparison.ulp(at: Double(maxMagnitude), in: dtype)
         let amplification = operations.reduce(1.0) { factor, operation in
