@@ -2,22 +2,22 @@ import ArgumentParser
 import PEFTKit
 import SafeTensors
 
-/// `peftkit convert ADAPTER --to peft|peftkit --output PATH …`: the argument surface is final; the converters arrive
-/// with the adapter-format issue.
+/// `peftkit convert ADAPTER --to FORMAT --output PATH [--base BASE]`: reads any format `FormatRegistry` knows and
+/// writes the one asked for.
 struct ConvertCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "convert",
-        abstract: "Convert an adapter between the PEFT folder format and a single peftkit file.",
+        abstract: "Convert an adapter between the adapter formats peftkit knows.",
         discussion: """
-            Reads a PEFT adapter folder (adapter_config.json with adapter_model.safetensors, or the legacy \
-            adapter_model.bin, read without running any pickle code) or a peftkit file, and writes it as --to asks:
+            Reads an adapter in any of these formats (recognised from its files, not from its name):
+            \(RegistryHelp.readableFormats)
 
-              peft     a PEFT folder, as HF PEFT loads it
-              peftkit  one .safetensors file with config and tensors (spec/adapter-format.md)
+            and writes it as --to asks:
+            \(RegistryHelp.writableFormats)
 
-            Tensor values are copied bit for bit; only the container changes. With --base (for --to peftkit), the \
-            fingerprint of the base tensors the adapter targets is recorded in the file, so that merging it into a \
-            different base later is refused (exit status 3).
+            Tensor values are copied bit for bit; only the container changes. With --base (for a format that \
+            records it), the fingerprint of the base tensors the adapter targets is recorded in the file, so that \
+            merging it into a different base later is refused (exit status 3).
 
             Examples:
               peftkit convert ./my-lora --to peftkit -o my-lora.safetensors --base ./base
@@ -29,7 +29,8 @@ struct ConvertCommand: AsyncParsableCommand {
     @Argument(help: ArgumentHelp("The adapter: a PEFT folder or a peftkit file.", valueName: "adapter"))
     var adapter: String
 
-    @Option(help: ArgumentHelp("The format to write: peft or peftkit.", valueName: "format"))
+    @Option(help: ArgumentHelp("The format to write: \(AdapterFormatChoice.allValueStrings.joined(separator: " or ")).",
+                               valueName: "format"))
     var to: AdapterFormatChoice
 
     @OptionGroup var output: OutputOptions
@@ -41,34 +42,36 @@ struct ConvertCommand: AsyncParsableCommand {
     init() {}
 
     func validate() throws {
-        if base != nil && to != .peftkit {
-            throw ValidationError("--base is used only with --to peftkit (a PEFT folder has no place for a fingerprint).")
+        if base != nil && !to.format.recordsBaseFingerprint {
+            throw ValidationError("--base is used only with --to "
+                + "\(FormatRegistry.writable.filter { $0.format.recordsBaseFingerprint }.map(\.name).joined(separator: " or ")) "
+                + "(a \(to.name) adapter has no place for a fingerprint).")
         }
         try PathArguments.validateDistinct(output: output.output, inputs: [adapter] + (base.map { [$0] } ?? []))
     }
 
     func run() async throws {
         let loaded = try AdapterLoader.load(adapter)
-        var fingerprintNote = ""
-        switch to {
-        case .peft:
-            try PEFTFolderWriter.write(loaded, to: output.output, force: output.force)
-            if loaded.base.fingerprint != nil { fingerprintNote = " (a PEFT folder has no place for the base fingerprint; it is dropped)" }
-        case .peftkit:
-            var fingerprint = loaded.base.fingerprint
-            if let base {
-                // Only fingerprint a base the adapter actually fits.
-                let report = try AdapterReport(loaded, adapterPath: adapter, basePath: base)
-                if let problems = report.base?.problems, !problems.isEmpty {
-                    throw PEFTKitError(.baseMismatch, file: base, "the adapter does not fit this base model", details: problems)
-                }
-                fingerprint = try BaseFingerprint.compute(adapter: loaded, base: try Checkpoint(path: base))
+        var fingerprint = to.format.recordsBaseFingerprint ? loaded.base.fingerprint : nil
+        if let base {
+            // Only fingerprint a base the adapter actually fits.
+            let report = try AdapterReport(loaded, adapterPath: adapter, basePath: base)
+            if let problems = report.base?.problems, !problems.isEmpty {
+                throw PEFTKitError(.baseMismatch, file: base, "the adapter does not fit this base model", details: problems)
             }
-            try PeftkitFormat.write(loaded, to: output.output, fingerprint: fingerprint, force: output.force)
-            fingerprintNote = fingerprint.map { ", base fingerprint \($0)" } ?? ", no base fingerprint (give --base to record one)"
+            fingerprint = try BaseFingerprint.compute(adapter: loaded, base: try Checkpoint(path: base))
         }
-        Console.current.output("converted \(TerminalText.escaped(adapter)) (\(loaded.method.peftType) \(loaded.variant.rawValue), "
+        try to.format.write(loaded, to: output.output,
+                            options: AdapterWriteOptions(force: output.force, baseFingerprint: fingerprint))
+        let fingerprintNote = if to.format.recordsBaseFingerprint {
+            fingerprint.map { ", base fingerprint \($0)" } ?? ", no base fingerprint (give --base to record one)"
+        } else if loaded.base.fingerprint != nil {
+            " (a \(to.name) adapter has no place for the base fingerprint; it is dropped)"
+        } else {
+            ""
+        }
+        Console.current.output("converted \(TerminalText.escaped(adapter)) (\(loaded.config.peftType) \(loaded.variant), "
             + "\(loaded.modules.count) modules, \(loaded.allTensors.count) tensors) → \(TerminalText.escaped(output.output)) "
-            + "as \(to == .peft ? "a PEFT folder" : "a peftkit file")\(fingerprintNote)\n")
+            + "as \(to.name == "peft" ? "a PEFT folder" : "a \(to.name) file")\(fingerprintNote)\n")
     }
 }

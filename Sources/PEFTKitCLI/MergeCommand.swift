@@ -11,7 +11,7 @@ struct MergeCommand: AsyncParsableCommand {
         abstract: "Merge one or more adapters into a base model and write the merged model.",
         discussion: """
             Streams the base model tensor by tensor: each adapted weight is decoded to Float32, its adapter \
-            deltas are added (LoRA, Bone, MiSS, each as HF PEFT applies it), and the result is rounded once to the \
+            deltas are added (\(MethodRegistry.all.map { $0.peftTypes[0] }.joined(separator: ", ")), each as HF PEFT applies it), and the result is rounded once to the \
             output dtype. Tensors no adapter touches are copied unchanged. Memory stays near the size of the \
             largest tensor, whatever the size of the model.
 
@@ -93,7 +93,7 @@ enum MergeRunner {
         if let bar { report = { progress in bar.update(progress) } }
         defer { bar?.finish() }
         let summary = try MergeEngine.run(request, progress: report)
-        let check = try checkAgainst.map { try MergeEngine.compare(summary.output, against: $0, tensors: summary.transformedTensors) }
+        let check = try checkAgainst.map { try Comparison.compareCheckpoints(summary.output, against: $0, tensors: summary.transformedTensors) }
         console.output(json ? MergeReport.json(summary, check: check) : MergeReport.text(summary, base: request.base, check: check))
     }
 }

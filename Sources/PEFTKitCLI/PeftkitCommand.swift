@@ -9,8 +9,9 @@ public struct PeftkitCommand: AsyncParsableCommand {
         commandName: "peftkit",
         abstract: "Inspect, convert, merge, unmerge and verify fine-tuning adapters, streaming tensor by tensor.",
         discussion: """
-            Works on Hugging Face safetensors checkpoints (single files or sharded folders) and on LoRA, Bone and \
-            MiSS adapters as HF PEFT saves them.
+            Works on Hugging Face safetensors checkpoints (single files or sharded folders) and on adapters as HF \
+            PEFT saves them. Methods (peft_type):
+            \(RegistryHelp.methods)
 
             Exit status:
             \(ExitStatus.summary.map { "  \(String($0.status.rawValue).padding(toLength: 3, withPad: " ", startingAt: 0)) \($0.meaning)" }.joined(separator: "\n"))

@@ -1,4 +1,5 @@
 import ArgumentParser
+import PEFTKit
 import SafeTensors
 
 /// `--json`: the machine-readable report on standard output instead of the human one.
@@ -46,10 +47,35 @@ enum OutputDType: String, ExpressibleByArgument, CaseIterable, Sendable {
     }
 }
 
-/// Format of a converted adapter.
-enum AdapterFormatChoice: String, ExpressibleByArgument, CaseIterable, Sendable {
-    /// A PEFT folder: adapter_config.json + adapter_model.safetensors, loadable by HF PEFT.
-    case peft
-    /// A single peftkit file (spec/adapter-format.md): config and tensors together, optionally tied to its base.
-    case peftkit
+/// The format `convert --to` writes: one of `FormatRegistry.writable`.
+struct AdapterFormatChoice: ExpressibleByArgument, Sendable {
+    let name: String
+    let format: any AdapterFormat.Type
+
+    init?(argument: String) {
+        guard let entry = FormatRegistry.writable.first(where: { $0.name == argument }) else { return nil }
+        name = entry.name
+        format = entry.format
+    }
+
+    static var allValueStrings: [String] { FormatRegistry.writable.map { $0.name } }
+    var defaultValueDescription: String { name }
+}
+
+/// What `--help` says of the registries: one line per method and per writable format.
+enum RegistryHelp {
+    static var methods: String {
+        MethodRegistry.all.map { method in
+            "  " + method.peftTypes.joined(separator: ", ").padding(toLength: 8, withPad: " ", startingAt: 0) + " " + method.summary
+        }.joined(separator: "\n")
+    }
+
+    static var writableFormats: String {
+        FormatRegistry.writable.map { "  " + $0.name.padding(toLength: 8, withPad: " ", startingAt: 0) + " " + $0.format.summary }
+            .joined(separator: "\n")
+    }
+
+    static var readableFormats: String {
+        FormatRegistry.all.map { "  " + $0.summary }.joined(separator: "\n")
+    }
 }

@@ -133,7 +133,9 @@ private func summaryLine(_ report: String, _ label: String) -> String? {
     let caseFolder = "\(cases)/lora-rslora-patterns-llama-bf16"
     let inspect = await peftkit("inspect", caseFolder + "/adapter_bin", "--json")
     #expect(inspect.status == 0, "\(inspect.standardError)")
-    #expect(inspect.standardOutput.contains("\"format\": \"PEFT folder (legacy adapter_model.bin)\""))
+    #expect(inspect.standardOutput.contains("\"format\": \"peft-bin\""))
+    #expect(inspect.standardOutput.contains("\"format_version\": null"))
+    #expect(inspect.standardOutput.contains("\"use_rslora\": true"))
     let convert = await peftkit("convert", caseFolder + "/adapter_bin", "--to", "peft", "-o", folder + "/out")
     #expect(convert.status == 0, "\(convert.standardError)")
     #expect(FileManager.default.contents(atPath: folder + "/out/adapter_model.safetensors")

@@ -106,7 +106,7 @@ private func layerTensors(_ count: Int) -> [TestTensor] {
     let run = await peftkit("inspect", path, "--json")
     #expect(run.status == 0)
     let json = try parseJSON(run.standardOutput)
-    #expect(json["schema"]?.stringValue == "peftkit.inspect/1")
+    #expect(json["schema"]?.stringValue == "peftkit.inspect/2")
     #expect(json["path"]?.stringValue == path)
     #expect(json["kind"]?.stringValue == "file")
     #expect(json["sharded"]?.boolValue == false)

@@ -102,7 +102,7 @@ enum TinyLoRA {
     static func writePeftkitFile(in parent: String, name: String = "tiny.safetensors", fingerprint: String? = nil) throws -> String {
         let adapter = try AdapterLoader.load(try writePEFTFolder(in: parent, name: "source-" + name))
         let path = join(parent, name)
-        try PeftkitFormat.write(adapter, to: path, fingerprint: fingerprint)
+        try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions(baseFingerprint: fingerprint))
         return path
     }
 }

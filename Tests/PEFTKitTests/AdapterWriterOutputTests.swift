@@ -12,8 +12,8 @@ import Testing
             StoredTensor(name: TinyLoRA.loraA.0, dtype: .f32, shape: TinyLoRA.loraA.2, bytes: TinyLoRA.loraA.3),
             StoredTensor(name: TinyLoRA.loraB.0, dtype: .f32, shape: TinyLoRA.loraB.2, bytes: [0, 0, 0]),
         ]
-        return try AdapterBuilder.build(config: try PEFTConfig.parse(config, source: "tiny"), tensors: tensors,
-                                        source: "memory", format: .peftSafetensors)
+        return try PEFTKeys.adapter(config: try PEFTConfig.parse(config, source: "tiny"), tensors: tensors,
+                                    source: "memory", format: PEFTFolderFormat.sourceFormat)
     }
 
     @Test func peftkitWriterRefusesAnExistingFileWithoutForce() throws {
@@ -22,12 +22,12 @@ import Testing
         let adapter = try AdapterLoader.load(try TinyLoRA.writePEFTFolder(in: scratch))
         let path = join(scratch, "out.safetensors")
         try Data("precious".utf8).write(to: URL(fileURLWithPath: path))
-        let error = try #require(peftkitError { try PeftkitFormat.write(adapter, to: path, fingerprint: nil) })
+        let error = try #require(peftkitError { try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions()) })
         #expect(error.kind == .io)
         #expect(error.message.contains("--force"))
         #expect(fileBytes(path) == Array("precious".utf8))
 
-        try PeftkitFormat.write(adapter, to: path, fingerprint: nil, force: true)
+        try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions(force: true))
         #expect(try AdapterLoader.load(path).modules.count == 1)
         #expect(folderListing(scratch) == ["out.safetensors", "tiny-adapter"])
     }
@@ -37,7 +37,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(try TinyLoRA.writePEFTFolder(in: scratch))
         let error = try #require(peftkitError {
-            try PeftkitFormat.write(adapter, to: join(scratch, "tiny-adapter"), fingerprint: nil, force: true)
+            try PeftkitFormat.write(adapter, to: join(scratch, "tiny-adapter"), options: AdapterWriteOptions(force: true))
         })
         #expect(error.kind == .io)
     }
@@ -46,13 +46,13 @@ import Testing
         let scratch = scratchFolder()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try adapterThatFailsToWrite()
-        #expect(throws: (any Error).self) { try PeftkitFormat.write(adapter, to: join(scratch, "out.safetensors"), fingerprint: nil) }
+        #expect(throws: (any Error).self) { try PeftkitFormat.write(adapter, to: join(scratch, "out.safetensors"), options: AdapterWriteOptions()) }
         #expect(folderListing(scratch) == [])
 
         // With force over an existing file, the old file survives a failed write.
         let existing = join(scratch, "old.safetensors")
         try Data("old".utf8).write(to: URL(fileURLWithPath: existing))
-        #expect(throws: (any Error).self) { try PeftkitFormat.write(adapter, to: existing, fingerprint: nil, force: true) }
+        #expect(throws: (any Error).self) { try PeftkitFormat.write(adapter, to: existing, options: AdapterWriteOptions(force: true)) }
         #expect(folderListing(scratch) == ["old.safetensors"])
         #expect(fileBytes(existing) == Array("old".utf8))
     }
@@ -62,7 +62,7 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(try TinyLoRA.writePEFTFolder(in: scratch))
         let error = try #require(peftkitError {
-            try PeftkitFormat.write(adapter, to: join(scratch, "out.safetensors"), fingerprint: "v1:not-hex")
+            try PeftkitFormat.write(adapter, to: join(scratch, "out.safetensors"), options: AdapterWriteOptions(baseFingerprint: "v1:not-hex"))
         })
         #expect(error.kind == .invalidConfig)
         #expect(folderListing(scratch) == ["tiny-adapter"])
@@ -75,11 +75,11 @@ import Testing
         let target = join(scratch, "out")
         try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
         try Data("keep me".utf8).write(to: URL(fileURLWithPath: join(target, "notes.txt")))
-        let error = try #require(peftkitError { try PEFTFolderWriter.write(adapter, to: target) })
+        let error = try #require(peftkitError { try PEFTFolderFormat.write(adapter, to: target, options: AdapterWriteOptions()) })
         #expect(error.kind == .io)
         #expect(folderListing(target) == ["notes.txt"])
 
-        try PEFTFolderWriter.write(adapter, to: target, force: true)
+        try PEFTFolderFormat.write(adapter, to: target, options: AdapterWriteOptions(force: true))
         #expect(folderListing(target) == ["adapter_config.json", "adapter_model.safetensors"])
         #expect(try AdapterLoader.load(target).modules.map(\.path) == ["q"])
         #expect(folderListing(scratch) == ["out", "source-tiny.safetensors", "tiny.safetensors"])
@@ -89,7 +89,7 @@ import Testing
         let scratch = scratchFolder()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let path = try TinyLoRA.writePeftkitFile(in: scratch)
-        let error = try #require(peftkitError { try PEFTFolderWriter.write(try AdapterLoader.load(path), to: path, force: true) })
+        let error = try #require(peftkitError { try PEFTFolderFormat.write(try AdapterLoader.load(path), to: path, options: AdapterWriteOptions(force: true)) })
         #expect(error.kind == .io)
         #expect(try AdapterLoader.load(path).modules.count == 1)
     }
@@ -98,13 +98,13 @@ import Testing
         let scratch = scratchFolder()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try adapterThatFailsToWrite()
-        #expect(throws: (any Error).self) { try PEFTFolderWriter.write(adapter, to: join(scratch, "out")) }
+        #expect(throws: (any Error).self) { try PEFTFolderFormat.write(adapter, to: join(scratch, "out"), options: AdapterWriteOptions()) }
         #expect(folderListing(scratch) == [])
 
         let existing = join(scratch, "old")
         try FileManager.default.createDirectory(atPath: existing, withIntermediateDirectories: false)
         try Data("old".utf8).write(to: URL(fileURLWithPath: join(existing, "adapter_config.json")))
-        #expect(throws: (any Error).self) { try PEFTFolderWriter.write(adapter, to: existing, force: true) }
+        #expect(throws: (any Error).self) { try PEFTFolderFormat.write(adapter, to: existing, options: AdapterWriteOptions(force: true)) }
         #expect(folderListing(scratch) == ["old"])
         #expect(fileBytes(join(existing, "adapter_config.json")) == Array("old".utf8))
     }
@@ -113,7 +113,7 @@ import Testing
         let scratch = scratchFolder()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(try TinyLoRA.writePEFTFolder(in: scratch))
-        #expect(peftkitError { try PEFTFolderWriter.write(adapter, to: join(scratch, "no", "out")) }?.kind == .io)
-        #expect(peftkitError { try PeftkitFormat.write(adapter, to: join(scratch, "no", "a.safetensors"), fingerprint: nil) }?.kind == .io)
+        #expect(peftkitError { try PEFTFolderFormat.write(adapter, to: join(scratch, "no", "out"), options: AdapterWriteOptions()) }?.kind == .io)
+        #expect(peftkitError { try PeftkitFormat.write(adapter, to: join(scratch, "no", "a.safetensors"), options: AdapterWriteOptions()) }?.kind == .io)
     }
 }

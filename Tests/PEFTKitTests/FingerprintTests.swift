@@ -83,7 +83,7 @@ import Testing
             #expect(names == names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) })
             for module in adapter.modules {
                 #expect(names.contains(module.weightName))
-                #expect(names.contains(module.biasName) == (module.tensors[.loraBias] != nil))
+                #expect(names.contains(module.biasName) == (module.tensors[LoRA.bias] != nil))
             }
             for carried in adapter.carried { #expect(names.contains(carried.baseName)) }
         }

@@ -61,13 +61,14 @@ func loraMatchesNaiveProduct(dtype: DType) throws {
         {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "use_rslora": true,
          "rank_pattern": {"layers.1.mlp.down_proj": 2, "q_proj": 4}, "alpha_pattern": {"v_proj": 7}}
         """.utf8), source: "t"), source: "t")
-    #expect(config.rank(for: "model.layers.0.self_attn.q_proj") == 4)
-    #expect(config.rank(for: "model.layers.1.mlp.down_proj") == 2)
-    #expect(config.rank(for: "model.layers.11.mlp.down_proj") == 8)  // "layers.1." must not match "layers.11."
-    #expect(config.rank(for: "model.layers.0.self_attn.xq_proj") == 8)  // the key must start a path component
-    #expect(config.alpha(for: "model.layers.0.self_attn.v_proj") == 7)
-    #expect(abs(config.scaling(for: "model.layers.0.self_attn.v_proj") - 7 / 8.0.squareRoot()) < 1e-15)
-    #expect(abs(config.scaling(for: "model.layers.0.self_attn.q_proj") - 16 / 2.0) < 1e-15)
+    let lora = try #require(config.method as? LoRA)
+    #expect(lora.rank(for: "model.layers.0.self_attn.q_proj") == 4)
+    #expect(lora.rank(for: "model.layers.1.mlp.down_proj") == 2)
+    #expect(lora.rank(for: "model.layers.11.mlp.down_proj") == 8)  // "layers.1." must not match "layers.11."
+    #expect(lora.rank(for: "model.layers.0.self_attn.xq_proj") == 8)  // the key must start a path component
+    #expect(lora.alpha(for: "model.layers.0.self_attn.v_proj") == 7)
+    #expect(abs(lora.scaling(for: "model.layers.0.self_attn.v_proj") - 7 / 8.0.squareRoot()) < 1e-15)
+    #expect(abs(lora.scaling(for: "model.layers.0.self_attn.q_proj") - 16 / 2.0) < 1e-15)
 }
 
 @Test func conv1DLayoutAddsTheTransposedProduct() throws {

@@ -22,19 +22,19 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(original)
         let peftkitPath = join(scratch, "adapter.safetensors")
-        try PeftkitFormat.write(adapter, to: peftkitPath, fingerprint: nil)
+        try PeftkitFormat.write(adapter, to: peftkitPath, options: AdapterWriteOptions())
 
         let reread = try AdapterLoader.load(peftkitPath)
-        #expect(reread.format == .peftkit(version: "1.0"))
+        #expect(reread.format.id == PeftkitFormat.id && reread.format.version == "1.0")
         #expect(reread.base == BaseIdentity(nameOrPath: adapter.base.nameOrPath, fingerprint: nil))
-        #expect(reread.modules.map { ModuleRecord($0, config: reread.config) }
-                == adapter.modules.map { ModuleRecord($0, config: adapter.config) })
+        #expect(reread.modules.map { ModuleRecord($0, method: reread.method).json }
+                == adapter.modules.map { ModuleRecord($0, method: adapter.method).json })
         #expect(reread.carried.map(CarriedRecord.init) == adapter.carried.map(CarriedRecord.init))
         // The peftkit file holds PEFT's own tensors under PEFT's own names.
         try expectSameTensors(peftkitPath, join(original, "adapter_model.safetensors"))
 
         let folder = join(scratch, "peft")
-        try PEFTFolderWriter.write(reread, to: folder)
+        try PEFTFolderFormat.write(reread, to: folder, options: AdapterWriteOptions())
         #expect(folderListing(folder) == ["adapter_config.json", "adapter_model.safetensors"])
         try expectSameTensors(join(folder, "adapter_model.safetensors"), join(original, "adapter_model.safetensors"))
         #expect(try strictJSON(join(folder, "adapter_config.json")) == strictJSON(join(original, "adapter_config.json")))
@@ -66,7 +66,7 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         let stale = join(scratch, ".peftkit-tmp-tiny.safetensors-99999999-1a2b3c")  // no process has this pid
         let live = join(scratch, ".peftkit-tmp-tiny.safetensors-\(getpid())-4d5e6f")
         for path in [stale, live] { #expect(FileManager.default.createFile(atPath: path, contents: Data([1, 2, 3]))) }
-        try PeftkitFormat.write(adapter, to: join(scratch, "tiny.safetensors"), fingerprint: nil)
+        try PeftkitFormat.write(adapter, to: join(scratch, "tiny.safetensors"), options: AdapterWriteOptions())
         #expect(!FileManager.default.fileExists(atPath: stale))
         #expect(FileManager.default.fileExists(atPath: live))
     }
@@ -76,13 +76,13 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         let scratch = scratchFolder()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(binFolder)
-        #expect(adapter.format == .peftBin)
+        #expect(adapter.format.id == PEFTLegacyBinFormat.id)
         let peftkitPath = join(scratch, "from-bin.safetensors")
-        try PeftkitFormat.write(adapter, to: peftkitPath, fingerprint: nil)
+        try PeftkitFormat.write(adapter, to: peftkitPath, options: AdapterWriteOptions())
         #expect(try SafeTensorsFile(path: peftkitPath).header.metadataValue(PeftkitFormat.sourceFormatKey) == "peft-bin")
         try expectSameTensors(peftkitPath, join(twin, "adapter_model.safetensors"))
         let folder = join(scratch, "peft")
-        try PEFTFolderWriter.write(try AdapterLoader.load(peftkitPath), to: folder)
+        try PEFTFolderFormat.write(try AdapterLoader.load(peftkitPath), to: folder, options: AdapterWriteOptions())
         try expectSameTensors(join(folder, "adapter_model.safetensors"), join(twin, "adapter_model.safetensors"))
         #expect(try strictJSON(join(folder, "adapter_config.json")) == strictJSON(join(twin, "adapter_config.json")))
     }
@@ -107,7 +107,7 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         let adapter = try AdapterLoader.load(first)
         #expect(adapter.base.fingerprint == "v1:0123abcd")
         let second = join(scratch, "again.safetensors")
-        try PeftkitFormat.write(adapter, to: second, fingerprint: adapter.base.fingerprint)
+        try PeftkitFormat.write(adapter, to: second, options: AdapterWriteOptions(baseFingerprint: adapter.base.fingerprint))
         let again = try AdapterLoader.load(second)
         #expect(again.base.fingerprint == "v1:0123abcd")
         #expect(try SafeTensorsFile(path: second).header.metadataValue(PeftkitFormat.sourceFormatKey) == "peftkit")
@@ -150,7 +150,7 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(caseFixtures.appendingPathComponent("\(caseName)/adapter").path)
         let path = join(scratch, "a.safetensors")
-        try PeftkitFormat.write(adapter, to: path, fingerprint: nil)
+        try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions())
         let file = try SafeTensorsFile(path: path)
         #expect(file.header.metadataValue(PeftkitFormat.baseFingerprintKey) == nil)
         let modules = try StrictJSON.parse(Array(try #require(file.header.metadataValue(PeftkitFormat.modulesKey)).utf8), source: "m")
@@ -159,13 +159,13 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         for module in adapter.modules {
             let entry = try #require(modules[module.path])
             #expect(entry["rank"]?.integerValue == Int64(module.rank))
-            if adapter.method == .lora {
+            if adapter.method is LoRA {
                 #expect(entry["scaling"]?.doubleValue == module.scaling)
                 #expect(entry["alpha"]?.doubleValue == module.alpha)
             } else {
                 #expect(entry["scaling"] == nil && entry["alpha"] == nil)
             }
-            #expect(entry["mini_rank"]?.integerValue.map(Int.init) == (adapter.variant == .mini ? module.miniRank : nil))
+            #expect(entry["mini_rank"]?.integerValue.map(Int.init) == (adapter.variant == "mini" ? (adapter.method as? MiSS)?.miniRank : nil))
         }
     }
 
@@ -176,7 +176,7 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         let scratch = scratchFolder()
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let path = join(scratch, "a.safetensors")
-        try PeftkitFormat.write(adapter, to: path, fingerprint: nil)
+        try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions())
         let modules = try StrictJSON.parse(Array(try #require(try SafeTensorsFile(path: path)
             .header.metadataValue(PeftkitFormat.modulesKey)).utf8), source: "m")
         // rank_pattern {"q_proj": 4, "layers.1.mlp.down_proj": 2}, alpha_pattern {"v_proj": 7}, lora_alpha 16, r 8.
@@ -238,7 +238,7 @@ private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sou
         }
         defer { try? FileManager.default.removeItem(atPath: scratch) }
         let adapter = try AdapterLoader.load(path)
-        #expect(adapter.format == .peftkit(version: "1.7"))
+        #expect(adapter.format.id == PeftkitFormat.id && adapter.format.version == "1.7")
         #expect(adapter.modules.map(\.path) == ["q"])
     }
 

@@ -22,8 +22,10 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 
     guard let config = try? PEFTConfig.parse(json, source: "fuzz") else { return 0 }
     for path in ["model.layers.0.self_attn.q_proj", "lm_head", ""] {
-        require(config.rank(for: path) > 0, "rank \(config.rank(for: path)) for '\(path)'")
-        _ = config.scaling(for: path)
+        if let lora = config.method as? LoRA {
+            require(lora.rank(for: path) > 0, "rank \(lora.rank(for: path)) for '\(path)'")
+            _ = lora.scaling(for: path)
+        }
         _ = config.isModuleToSave(path)
     }
     _ = config.json.compactText()

@@ -1,94 +1,9 @@
 import SafeTensors
 
-/// The fine-tuning methods peftkit can apply.
-public enum AdapterMethod: String, Sendable, CaseIterable {
-    case lora, bone, miss
-
-    /// `peft_type` as written in `adapter_config.json`.
-    public var peftType: String { rawValue.uppercased() }
-}
-
-/// The variant of a method: Bone and MiSS have a block-affine one (`bat`), MiSS a shared-block one (`mini`).
-public enum AdapterVariant: String, Sendable {
-    case standard = "default"
-    case bat
-    case mini
-}
-
-/// A tensor of an adapter, wherever its bytes live (a mapped safetensors file or memory read from a legacy `.bin`).
-public struct StoredTensor: Sendable {
-    /// The name in the adapter file.
-    public let name: String
-    public let dtype: DType
-    public let shape: [Int]
-    private let storage: Storage
-
-    private enum Storage: Sendable {
-        case mapped(TensorView)
-        case memory([UInt8])
-    }
-
-    public init(view: TensorView) {
-        name = view.info.name
-        dtype = view.info.dtype
-        shape = view.info.shape
-        storage = .mapped(view)
-    }
-
-    public init(name: String, dtype: DType, shape: [Int], bytes: [UInt8]) {
-        self.name = name
-        self.dtype = dtype
-        self.shape = shape
-        storage = .memory(bytes)
-    }
-
-    public var elementCount: Int { shape.reduce(1, *) }
-    public var byteCount: Int { elementCount * dtype.bitWidth / 8 }
-
-    /// Calls `body` with the raw little-endian bytes. For a mapped tensor, the file is checked before and after:
-    /// if it shrank meanwhile, what `body` read is not the tensor, and this throws.
-    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
-        switch storage {
-        case .mapped(let view):
-            try view.file.checkUnchanged()
-            let result: R
-            do {
-                result = try body(view.bytes)
-            } catch {
-                try view.file.checkUnchanged()  // a failed write from a vanished page: say why
-                throw error
-            }
-            try view.file.checkUnchanged()
-            return result
-        case .memory(let bytes):
-            return try bytes.withUnsafeBytes(body)
-        }
-    }
-
-    /// Drops the pages of `bytes` (a range within the tensor) from the resident set, for mapped tensors.
-    public func release(bytes range: Range<Int>) {
-        guard case .mapped(let view) = storage else { return }
-        let offsets = view.info.dataOffsets
-        view.file.release(TensorInfo(name: name, dtype: dtype, shape: [range.count / max(dtype.bitWidth / 8, 1)],
-                                     dataOffsets: offsets.lowerBound + range.lowerBound ..< offsets.lowerBound + range.upperBound))
-    }
-
-    /// The values as Float32 (every adapter tensor is a float type; checked when the adapter is built). The mapped
-    /// pages read are released afterwards: the decoded copy is what callers keep.
-    public func floats() throws -> [Float] {
-        defer { release(bytes: 0..<byteCount) }
-        return try withBytes { raw in
-            [Float](unsafeUninitializedCapacity: elementCount) { buffer, initialized in
-                Codec.decode(raw, as: dtype, into: buffer)
-                initialized = elementCount
-            }
-        }
-    }
-}
-
 /// One module of the base model changed by the adapter, with every parameter needed to apply it resolved.
+/// Format-neutral: a module is its path in the base model and its tensors by role, whatever container they came in.
 public struct AdaptedModule: Sendable {
-    /// What the module computes, which decides how a LoRA delta is laid onto its weight.
+    /// What the module computes, which decides how a change is laid onto its weight.
     public enum Kind: String, Sendable {
         case linear
         case embedding
@@ -99,43 +14,25 @@ public struct AdaptedModule: Sendable {
     public let kind: Kind
     /// The rank: LoRA's r after `rank_pattern`, or the Bone/MiSS block size r.
     public let rank: Int
-    /// LoRA's alpha after `alpha_pattern`; nil for block methods.
+    /// LoRA's alpha after `alpha_pattern`; nil for methods without one.
     public let alpha: Double?
-    /// LoRA's scaling (alpha / r, or alpha / √r with rsLoRA); 1 for block methods.
+    /// The multiplier of the module's change (LoRA: alpha / r, or alpha / √r with rsLoRA); 1 where there is none.
     public let scaling: Double
-    /// MiSS `mini`: the width of the shared block.
-    public let miniRank: Int?
     /// The adapter's tensors for this module, by role.
-    public let tensors: [Role: StoredTensor]
+    public let tensors: [TensorRole: StoredTensor]
 
-    /// What each tensor is for; the raw value is the suffix PEFT gives it after the module path.
-    public enum Role: String, Sendable, CaseIterable {
-        case loraA = "lora_A.weight"
-        case loraB = "lora_B.weight"
-        case loraBias = "lora_B.bias"
-        case embeddingA = "lora_embedding_A"
-        case embeddingB = "lora_embedding_B"
-        case boneBlock = "bone_block"
-        case missBlock = "miss_block"
-    }
-
-    public init(path: String, kind: Kind, rank: Int, alpha: Double?, scaling: Double, miniRank: Int?,
-                tensors: [Role: StoredTensor]) {
+    public init(path: String, kind: Kind, rank: Int, alpha: Double?, scaling: Double, tensors: [TensorRole: StoredTensor]) {
         self.path = path
         self.kind = kind
         self.rank = rank
         self.alpha = alpha
         self.scaling = scaling
-        self.miniRank = miniRank
         self.tensors = tensors
     }
 
     public var weightName: String { path + ".weight" }
     public var biasName: String { path + ".bias" }
     public var parameterCount: Int { tensors.values.reduce(0) { $0 + $1.elementCount } }
-
-    /// The Bone or MiSS block, whichever the module has.
-    public var block: StoredTensor? { tensors[.boneBlock] ?? tensors[.missBlock] }
 }
 
 /// A whole tensor an adapter carries to replace the base's: a `modules_to_save` copy, an embedding's saved
@@ -161,47 +58,55 @@ public struct BaseIdentity: Sendable, Equatable {
     public var fingerprint: String?
 }
 
-/// A fine-tuning adapter: its method, config, and every adapted module with its tensors.
-public struct Adapter: Sendable {
-    public enum Format: Sendable, Equatable {
-        /// A PEFT folder with `adapter_model.safetensors`.
-        case peftSafetensors
-        /// A PEFT folder with a legacy pickled `adapter_model.bin`.
-        case peftBin
-        /// A single peftkit file, with its spec version.
-        case peftkit(version: String)
+/// The container an adapter was read from.
+public struct SourceFormat: Sendable, Equatable, CustomStringConvertible {
+    /// The format's stable id (`AdapterFormat.id`): `peft-safetensors`, `peft-bin`, `peftkit`.
+    public let id: String
+    /// The container's own format version, where it has one (the peftkit format's `MAJOR.MINOR`).
+    public let version: String?
+    /// For people: "PEFT folder (safetensors)".
+    public let description: String
 
-        public var description: String {
-            switch self {
-            case .peftSafetensors: "PEFT folder (safetensors)"
-            case .peftBin: "PEFT folder (legacy adapter_model.bin)"
-            case .peftkit(let version): "peftkit file, format \(version)"
-            }
-        }
+    public init(id: String, version: String? = nil, description: String) {
+        self.id = id
+        self.version = version
+        self.description = description
     }
+}
 
+/// A fine-tuning adapter: its method (as configured), config, and every adapted module with its tensors.
+public struct Adapter: Sendable {
     /// The path as given by the user.
     public let source: String
-    public let format: Format
-    public let method: AdapterMethod
-    public let variant: AdapterVariant
+    public let format: SourceFormat
     public let config: PEFTConfig
     /// Sorted by module path.
     public let modules: [AdaptedModule]
     public let carried: [CarriedTensor]
     public var base: BaseIdentity
 
+    public init(source: String, format: SourceFormat, config: PEFTConfig, modules: [AdaptedModule],
+                carried: [CarriedTensor], base: BaseIdentity) {
+        self.source = source
+        self.format = format
+        self.config = config
+        self.modules = modules
+        self.carried = carried
+        self.base = base
+    }
+
+    public var method: any AdapterMethod { config.method }
+    public var variant: String { config.method.variant }
+
     /// Parameters of the adapter proper (LoRA A/B and biases, embedding A/B, Bone/MiSS blocks).
     public var parameterCount: Int { modules.reduce(0) { $0 + $1.parameterCount } }
     public var carriedParameterCount: Int { carried.reduce(0) { $0 + $1.tensor.elementCount } }
     public var carriedBytes: Int { carried.reduce(0) { $0 + $1.tensor.byteCount } }
 
-    /// Every stored tensor, in a stable order, with the name PEFT gives it in `adapter_model.safetensors`.
+    /// Every stored tensor in a stable order: module by module in path order, each in its method's role order, then
+    /// the carried tensors.
     public var allTensors: [StoredTensor] {
-        let moduleTensors = modules.flatMap { module in
-            AdaptedModule.Role.allCases.compactMap { module.tensors[$0] }
-        }
-        return moduleTensors + carried.map(\.tensor)
+        modules.flatMap { module in method.roles.compactMap { module.tensors[$0] } } + carried.map(\.tensor)
     }
 
     public func module(_ path: String) -> AdaptedModule? { modules.first { $0.path == path } }

@@ -21,18 +21,20 @@ public struct AdapterReport: Sendable {
         public let problems: [String]
     }
 
-    public let method: AdapterMethod
-    public let variant: AdapterVariant
-    public let format: Adapter.Format
+    /// The method's name (`lora`) and the `peft_type` it was read from.
+    public let method: String
+    public let peftType: String
+    public let variant: String
+    public let format: SourceFormat
     public let moduleCount: Int
     /// Distinct target names (the last component of each adapted module's path), sorted.
     public let targets: [String]
     /// Rank → number of modules, ascending.
     public let ranks: [(rank: Int, modules: Int)]
-    /// LoRA: (alpha, scaling) → number of modules; empty for block methods.
+    /// (alpha, scaling) → number of modules, for methods with an alpha; empty for the others.
     public let scalings: [(alpha: Double, scaling: Double, modules: Int)]
-    public let useRSLoRA: Bool
-    public let miniRank: Int?
+    /// The method's reported config settings (`AdapterMethod.settings`), e.g. `use_rslora`, MiSS's `mini_r`.
+    public let settings: [(key: String, value: JSONValue)]
     /// Parameters of the adapter proper.
     public let parameters: Int
     public let carried: [Carried]
@@ -44,20 +46,21 @@ public struct AdapterReport: Sendable {
     public var carriedBytes: Int { carried.reduce(0) { $0 + $1.bytes } }
 
     public init(_ adapter: Adapter, adapterPath: String, basePath: String? = nil) throws {
-        method = adapter.method
+        method = adapter.method.name
+        peftType = adapter.config.peftType
         variant = adapter.variant
         format = adapter.format
         moduleCount = adapter.modules.count
         targets = Set(adapter.modules.map { $0.path.split(separator: ".").last.map(String.init) ?? $0.path }).sorted()
         ranks = Dictionary(grouping: adapter.modules, by: \.rank).map { ($0.key, $0.value.count) }.sorted { $0.rank < $1.rank }
-        if adapter.method == .lora {
-            let groups = Dictionary(grouping: adapter.modules) { ScalingKey(alpha: $0.alpha ?? 0, scaling: $0.scaling) }
+        let withAlpha = adapter.modules.filter { $0.alpha != nil }
+        if !withAlpha.isEmpty {
+            let groups = Dictionary(grouping: withAlpha) { ScalingKey(alpha: $0.alpha!, scaling: $0.scaling) }
             scalings = groups.map { ($0.key.alpha, $0.key.scaling, $0.value.count) }.sorted { $0.modules > $1.modules }
         } else {
             scalings = []
         }
-        useRSLoRA = adapter.config.useRSLoRA
-        miniRank = adapter.config.miniRank
+        settings = adapter.method.settings
         parameters = adapter.parameterCount
         carried = adapter.carried.map {
             Carried(baseName: $0.baseName, reason: $0.reason.rawValue, parameters: $0.tensor.elementCount, bytes: $0.tensor.byteCount)

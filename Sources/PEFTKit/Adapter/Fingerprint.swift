@@ -26,10 +26,7 @@ public enum BaseFingerprint {
     /// changes it (`lora_B.bias`), and each tensor the adapter carries; once each, sorted by their UTF-8 bytes.
     public static func tensorNames(of adapter: Adapter) -> [String] {
         var names = Set<String>()
-        for module in adapter.modules {
-            names.insert(module.weightName)
-            if module.tensors[.loraBias] != nil { names.insert(module.biasName) }
-        }
+        for module in adapter.modules { names.formUnion(adapter.method.baseTensors(of: module)) }
         for carried in adapter.carried { names.insert(carried.baseName) }
         return names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }

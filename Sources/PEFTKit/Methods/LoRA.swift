@@ -1,12 +1,169 @@
-/// LoRA: a weight changes by a scaled low-rank product.
+import Foundation
+import SafeTensors
+
+/// LoRA (`peft_type: LORA`): a weight changes by a scaled low-rank product.
 ///
 ///     W' = W + s · (B · A)       nn.Linear: W is out×in, B out×r, A r×in
 ///     W' = W + s · (B · A)ᵀ      GPT-2 Conv1D (fan_in_fan_out, W stored in×out) and embeddings
 ///                                (W vocab×dim, lora_embedding_A r×vocab, lora_embedding_B dim×r)
 ///     b' = b + s · b_B           lora_bias
 ///
-/// s is alpha / r (alpha / √r with rsLoRA) times the merge weight; unmerging applies −s.
-enum LoRA {
+/// s is alpha / r (alpha / √r with rsLoRA) — r and alpha after `rank_pattern` / `alpha_pattern` — times the merge
+/// weight; unmerging applies −s.
+public struct LoRA: AdapterMethod {
+    public static let name = "lora"
+    public static let peftTypes = ["LORA"]
+    public static let summary = "LoRA: W + s·B·A (rsLoRA, rank/alpha patterns, fan_in_fan_out, lora_bias, embeddings)"
+
+    static let a = TensorRole("lora_A.weight")
+    static let b = TensorRole("lora_B.weight")
+    static let bias = TensorRole("lora_B.bias")
+    static let embeddingA = TensorRole("lora_embedding_A")
+    static let embeddingB = TensorRole("lora_embedding_B")
+    public static let roles = [a, b, bias, embeddingA, embeddingB]
+
+    /// `r`: the rank of modules no `rank_pattern` key matches.
+    public let rank: Int
+    /// `lora_alpha`.
+    public let alpha: Double
+    public let useRSLoRA: Bool
+    /// `rank_pattern` and `alpha_pattern` in the order written: the first matching key wins, as in PEFT.
+    public let rankPattern: [(key: String, value: Int)]
+    public let alphaPattern: [(key: String, value: Double)]
+    public let fanInFanOut: Bool
+    public let loraBias: Bool
+    public var variant: String { "default" }
+
+    /// Options that change what a merge must compute and that peftkit does not implement yet.
+    static let unsupportedOptions: [(key: String, what: String)] = [
+        ("use_dora", "DoRA (use_dora)"),
+        ("target_parameters", "LoRA on parameters (target_parameters)"),
+        ("layer_replication", "layer replication"),
+        ("trainable_token_indices", "trainable tokens"),
+        ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)"),
+        ("arrow_config", "Arrow routing"),
+        ("use_qalora", "QA-LoRA"),
+    ]
+
+    public init(config json: JSONValue, source: String, problems: inout [String]) throws {
+        for option in Self.unsupportedOptions where PEFTConfig.isSet(json[option.key]) {
+            throw PEFTKitError(.unsupported, file: source, "not supported yet: \(option.what)")
+        }
+        rank = PEFTConfig.positiveInteger(json, "r", required: true, &problems) ?? 1
+        alpha = PEFTConfig.number(json, "lora_alpha", required: true, &problems) ?? 1
+        var rankPattern: [(key: String, value: Int)] = []
+        var alphaPattern: [(key: String, value: Double)] = []
+        for (key, value) in PEFTConfig.patternEntries(json, "rank_pattern", &problems) {
+            guard let r = value.integerValue, r > 0, let rank = Int(exactly: r) else {
+                problems.append("rank_pattern['\(key)'] is \(PEFTConfig.describe(value)); expected a positive integer")
+                continue
+            }
+            rankPattern.append((key, rank))
+        }
+        for (key, value) in PEFTConfig.patternEntries(json, "alpha_pattern", &problems) {
+            guard let a = value.doubleValue, a.isFinite else {
+                problems.append("alpha_pattern['\(key)'] is \(PEFTConfig.describe(value)); expected a number")
+                continue
+            }
+            alphaPattern.append((key, a))
+        }
+        for key in rankPattern.map(\.key) + alphaPattern.map(\.key) where (try? NSRegularExpression(pattern: key)) == nil {
+            problems.append("pattern key '\(key)' is not a valid regular expression")
+        }
+        self.rankPattern = rankPattern
+        self.alphaPattern = alphaPattern
+        useRSLoRA = PEFTConfig.flag(json, "use_rslora", &problems)
+        fanInFanOut = PEFTConfig.flag(json, "fan_in_fan_out", &problems)
+        loraBias = PEFTConfig.flag(json, "lora_bias", &problems)
+    }
+
+    // MARK: Per-module parameters
+
+    /// The module's rank after `rank_pattern`.
+    public func rank(for modulePath: String) -> Int {
+        guard let key = PEFTConfig.patternKey(rankPattern.map(\.key), matching: modulePath) else { return rank }
+        return rankPattern.first { $0.key == key }!.value
+    }
+
+    /// The module's alpha after `alpha_pattern`.
+    public func alpha(for modulePath: String) -> Double {
+        guard let key = PEFTConfig.patternKey(alphaPattern.map(\.key), matching: modulePath) else { return alpha }
+        return alphaPattern.first { $0.key == key }!.value
+    }
+
+    /// alpha / r, or alpha / √r with rsLoRA (computed in Double, as Python does).
+    public func scaling(for modulePath: String) -> Double {
+        let r = Double(rank(for: modulePath)), alpha = alpha(for: modulePath)
+        return useRSLoRA ? alpha / r.squareRoot() : alpha / r
+    }
+
+    // MARK: Modules
+
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
+        let before = problems.count
+        let rank = rank(for: path)
+        func shape(_ role: TensorRole) -> [Int]? { tensors[role]?.shape }
+        func require(_ role: TensorRole) {
+            if tensors[role] == nil { problems.append("module '\(path)': missing tensor '\(role)'") }
+        }
+        func expect(_ condition: Bool, _ text: @autoclosure () -> String) {
+            if !condition { problems.append("module '\(path)': \(text())") }
+        }
+        let isEmbedding = tensors[Self.embeddingA] != nil || tensors[Self.embeddingB] != nil
+        if isEmbedding {
+            require(Self.embeddingA)
+            require(Self.embeddingB)
+            expect(tensors[Self.a] == nil && tensors[Self.b] == nil && tensors[Self.bias] == nil,
+                   "mixes embedding and linear LoRA tensors")
+            if let a = shape(Self.embeddingA), let b = shape(Self.embeddingB) {
+                expect(a.count == 2 && b.count == 2, "lora_embedding_A \(a) and lora_embedding_B \(b) must be matrices")
+                if a.count == 2, b.count == 2 {
+                    expect(a[0] == rank, "lora_embedding_A has \(a[0]) rows but the module's r is \(rank)")
+                    expect(b[1] == rank, "lora_embedding_B has \(b[1]) columns but the module's r is \(rank)")
+                }
+            }
+        } else {
+            require(Self.a)
+            require(Self.b)
+            if let a = shape(Self.a), a.count > 2 {
+                problems.append("module '\(path)': not supported yet: LoRA on convolutions (lora_A has shape \(a))")
+                return nil
+            }
+            if let a = shape(Self.a), let b = shape(Self.b) {
+                expect(a.count == 2 && b.count == 2, "lora_A \(a) and lora_B \(b) must be matrices")
+                if a.count == 2, b.count == 2 {
+                    expect(a[0] == rank, "lora_A has \(a[0]) rows but the module's r is \(rank)")
+                    expect(b[1] == rank, "lora_B has \(b[1]) columns but the module's r is \(rank)")
+                    if let bias = shape(Self.bias) {
+                        expect(bias == [b[0]], "lora_B.bias has shape \(bias), expected [\(b[0])]")
+                    }
+                }
+            }
+            if tensors[Self.bias] != nil && !loraBias {
+                problems.append("module '\(path)': has lora_B.bias but the config says lora_bias: false")
+            }
+            if tensors[Self.bias] == nil && loraBias && tensors[Self.b] != nil {
+                problems.append("module '\(path)': config says lora_bias: true but lora_B.bias is missing")
+            }
+        }
+        guard problems.count == before else { return nil }
+        return AdaptedModule(path: path, kind: isEmbedding ? .embedding : .linear, rank: rank, alpha: alpha(for: path),
+                             scaling: scaling(for: path), tensors: tensors)
+    }
+
+    public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] {
+        [("alpha", .finite(module.alpha ?? alpha)), ("scaling", .finite(module.scaling)),
+         ("fan_in_fan_out", .bool(module.kind == .linear && fanInFanOut))]
+    }
+
+    public func baseTensors(of module: AdaptedModule) -> [String] {
+        [module.weightName] + (module.tensors[Self.bias] != nil ? [module.biasName] : [])
+    }
+
+    public var settings: [(key: String, value: JSONValue)] { [("use_rslora", .bool(useRSLoRA))] }
+
+    // MARK: Fitting the base
+
     /// How the base weight is stored relative to B · A.
     enum Layout: String, Sendable {
         /// W has the shape of B · A (out × in).
@@ -15,42 +172,118 @@ enum LoRA {
         case transposedProduct
     }
 
-    /// The two factors, decoded: `b` is out×r, `a` is r×in, both row-major.
-    struct Factors {
-        let a: [Float]
-        let b: [Float]
-        let rank: Int
-        var inFeatures: Int { rank == 0 ? 0 : a.count / rank }
-        var outFeatures: Int { rank == 0 ? 0 : b.count / rank }
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+        guard let layout = layout(of: module, baseShape: baseShape, problems: &problems) else { return [] }
+        let (aRole, bRole) = module.kind == .embedding ? (Self.embeddingA, Self.embeddingB) : (Self.a, Self.b)
+        let a = module.tensors[aRole]!, b = module.tensors[bRole]!, rank = module.rank
+        var changes = [ModuleChange(tensor: module.weightName) { scale, direction in
+            Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout,
+                    scale: direction == .merge ? scale : -scale)
+        }]
+        if let loraBias = module.tensors[Self.bias] {
+            guard let biasShape = baseShape(module.biasName) else {
+                problems.append("module '\(module.path)': lora_bias needs a base bias '\(module.biasName)', which the base lacks")
+                return []
+            }
+            guard biasShape == loraBias.shape else {
+                problems.append("module '\(module.path)': lora_B.bias has shape \(loraBias.shape), base bias \(biasShape)")
+                return []
+            }
+            changes.append(ModuleChange(tensor: module.biasName) { scale, direction in
+                BiasShift(bias: try loraBias.floats(), scale: direction == .merge ? scale : -scale)
+            })
+        }
+        return changes
     }
 
-    /// Adds s · (B · A) (or its transpose) to a slice of rows, with one `sgemm` accumulating straight into the weight.
-    static func apply(_ factors: Factors, scale s: Float, layout: Layout, to slice: WeightRows) {
-        let r = factors.rank, rowCount = slice.rows.count
-        factors.a.withUnsafeBufferPointer { a in
-            factors.b.withUnsafeBufferPointer { b in
-                switch layout {
-                case .product:
-                    // rows of W are outputs o: W[o, :] += s · B[o, :] · A
-                    LinearAlgebra.multiplyAccumulate(
-                        m: rowCount, n: slice.columns, k: r, alpha: s,
-                        a: b.baseAddress! + slice.rows.lowerBound * r, lda: r, transposeA: false,
-                        b: a.baseAddress!, ldb: factors.inFeatures, transposeB: false,
-                        into: slice.values, ldc: slice.columns)
-                case .transposedProduct:
-                    // rows of W are inputs i: W[i, :] += s · A[:, i]ᵀ · Bᵀ
-                    LinearAlgebra.multiplyAccumulate(
-                        m: rowCount, n: slice.columns, k: r, alpha: s,
-                        a: a.baseAddress! + slice.rows.lowerBound, lda: factors.inFeatures, transposeA: true,
-                        b: b.baseAddress!, ldb: r, transposeB: true,
-                        into: slice.values, ldc: slice.columns)
-                }
+    private func layout(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> Layout? {
+        guard let (rows, columns) = module.baseMatrixShape(baseShape, problems: &problems) else { return nil }
+        let name = "module '\(module.path)'", shape = [rows, columns]
+        let (aRole, bRole) = module.kind == .embedding ? (Self.embeddingA, Self.embeddingB) : (Self.a, Self.b)
+        let inFeatures = module.tensors[aRole]!.shape[1], outFeatures = module.tensors[bRole]!.shape[0]
+        if module.kind == .embedding {
+            // Embeddings store W as vocab × dim, the transpose of B·A.
+            guard shape == [inFeatures, outFeatures] else {
+                problems.append("\(name): embedding LoRA needs a [\(inFeatures), \(outFeatures)] weight, the base has \(shape)")
+                return nil
             }
+            return .transposedProduct
+        }
+        switch (shape == [outFeatures, inFeatures], shape == [inFeatures, outFeatures]) {
+        // A square weight fits both ways: the config's fan_in_fan_out says how it is stored (PEFT decides it from the
+        // layer type, which a checkpoint does not record).
+        case (true, true): return fanInFanOut ? .transposedProduct : .product
+        case (true, false): return .product
+        case (false, true): return .transposedProduct
+        default:
+            problems.append("\(name): LoRA maps \(inFeatures) → \(outFeatures) features but the base weight has shape \(shape)")
+            return nil
         }
     }
 
-    /// b' = b + s · b_B.
-    static func applyBias(_ loraBias: [Float], scale s: Float, to bias: UnsafeMutableBufferPointer<Float>) {
-        for i in bias.indices { bias[i] += loraBias[i] * s }
+    // MARK: The math
+
+    /// s · (B · A) (or its transpose) added to row slices, with one `sgemm` accumulating straight into the weight.
+    /// `b` is out×r, `a` is r×in, both row-major.
+    struct Product: WeightOperation {
+        let a: [Float]
+        let b: [Float]
+        let rank: Int
+        let layout: Layout
+        let scale: Float
+        var inFeatures: Int { rank == 0 ? 0 : a.count / rank }
+        var outFeatures: Int { rank == 0 ? 0 : b.count / rank }
+
+        func apply(to slice: WeightRows) {
+            let r = rank, rowCount = slice.rows.count
+            a.withUnsafeBufferPointer { a in
+                b.withUnsafeBufferPointer { b in
+                    switch layout {
+                    case .product:
+                        // rows of W are outputs o: W[o, :] += s · B[o, :] · A
+                        LinearAlgebra.multiplyAccumulate(
+                            m: rowCount, n: slice.columns, k: r, alpha: scale,
+                            a: b.baseAddress! + slice.rows.lowerBound * r, lda: r, transposeA: false,
+                            b: a.baseAddress!, ldb: inFeatures, transposeB: false,
+                            into: slice.values, ldc: slice.columns)
+                    case .transposedProduct:
+                        // rows of W are inputs i: W[i, :] += s · A[:, i]ᵀ · Bᵀ
+                        LinearAlgebra.multiplyAccumulate(
+                            m: rowCount, n: slice.columns, k: r, alpha: scale,
+                            a: a.baseAddress! + slice.rows.lowerBound, lda: inFeatures, transposeA: true,
+                            b: b.baseAddress!, ldb: r, transposeB: true,
+                            into: slice.values, ldc: slice.columns)
+                    }
+                }
+            }
+        }
+
+        /// The classic γ bound of a sum of r + 1 roundings, (r + 1) · 2⁻²⁴ · |s| · max Σₖ |B[o, k] · A[k, i]|, with
+        /// the sum bounded by B's largest row sum of magnitudes times A's largest magnitude; twice.
+        var summationError: Double {
+            guard rank > 0 else { return 0 }
+            let largestRowSum = (0..<outFeatures).map { o in
+                b[(o * rank)..<((o + 1) * rank)].reduce(0.0) { $0 + Double($1.magnitude) }
+            }.max() ?? 0
+            let largestA = a.reduce(0.0) { max($0, Double($1.magnitude)) }
+            return 2 * Double(rank + 1) * 0x1p-24 * Double(scale.magnitude) * largestRowSum * largestA
+        }
     }
+
+    /// b' = b + s · b_B, on the bias vector (one row).
+    struct BiasShift: WeightOperation {
+        let bias: [Float]
+        let scale: Float
+
+        func apply(to slice: WeightRows) {
+            let values = slice.row(slice.rows.lowerBound)
+            for i in 0..<slice.columns { values[i] += bias[i] * scale }
+        }
+    }
+}
+
+extension JSONValue {
+    /// A finite Double as the shortest literal that reads back to the same value (Swift prints `2.0`, `1e-05`,
+    /// `1e+16`: all valid JSON).
+    static func finite(_ value: Double) -> JSONValue { .number(value, literal: "\(value)") }
 }

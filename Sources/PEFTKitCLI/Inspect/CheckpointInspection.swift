@@ -120,7 +120,7 @@ extension CheckpointInspection {
 
     /// An adapter's tensors as its loader read them (which also covers a legacy `adapter_model.bin`).
     init(adapter: Adapter, path: String, statistics: Bool) throws {
-        if adapter.format != .peftBin {
+        if (try? SafeTensorsFile(path: adapter.source)) != nil {
             self = try CheckpointInspection(path: adapter.source, kind: .adapter, statistics: statistics)
             self.path = path
             return

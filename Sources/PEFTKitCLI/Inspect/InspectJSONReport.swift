@@ -1,12 +1,12 @@
 import PEFTKit
 import SafeTensors
 
-/// The `inspect --json` report, schema `peftkit.inspect/1` (spec/inspect-output.md).
+/// The `inspect --json` report, schema `peftkit.inspect/2` (spec/inspect-output.md).
 ///
 /// Every tensor is listed, whatever the count. Keys are written in a fixed order, so two runs on the same input
 /// produce the same bytes.
 enum InspectJSONReport {
-    static let schema = "peftkit.inspect/1"
+    static let schema = "peftkit.inspect/2"
 
     static func render(_ inspection: CheckpointInspection) -> String {
         document(inspection).prettyText(indent: 2) + "\n"
@@ -32,7 +32,7 @@ enum InspectJSONReport {
             ("tensors", .array(inspection.tensors.map { tensor($0, statistics: inspection.includesStatistics) })),
         ]
         if let adapter = inspection.adapter {
-            members.insert(("method", .string(adapter.method.rawValue)), at: 3)
+            members.insert(("method", .string(adapter.method)), at: 3)
             members.append(("adapter", adapterObject(adapter)))
         }
         if !inspection.adapterProblems.isEmpty {
@@ -43,17 +43,18 @@ enum InspectJSONReport {
 
     static func adapterObject(_ adapter: AdapterReport) -> JSONValue {
         var members: [(key: String, value: JSONValue)] = [
-            ("method", .string(adapter.method.rawValue)),
-            ("variant", .string(adapter.variant.rawValue)),
-            ("format", .string(adapter.format.description)),
+            ("method", .string(adapter.method)),
+            ("peft_type", .string(adapter.peftType)),
+            ("variant", .string(adapter.variant)),
+            ("format", .string(adapter.format.id)),
+            ("format_version", adapter.format.version.map { .string($0) } ?? .null),
             ("modules", integer(adapter.moduleCount)),
             ("targets", .array(adapter.targets.map { .string($0) })),
             ("ranks", .array(adapter.ranks.map { .object([("rank", integer($0.rank)), ("modules", integer($0.modules))]) })),
             ("scalings", .array(adapter.scalings.map {
                 .object([("alpha", real($0.alpha)), ("scaling", real($0.scaling)), ("modules", integer($0.modules))])
             })),
-            ("use_rslora", .bool(adapter.useRSLoRA)),
-            ("mini_rank", adapter.miniRank.map(integer) ?? .null),
+            ("settings", .object(adapter.settings)),
             ("parameters", integer(adapter.parameters)),
             ("carried", .array(adapter.carried.map {
                 .object([("tensor", .string($0.baseName)), ("reason", .string($0.reason)),

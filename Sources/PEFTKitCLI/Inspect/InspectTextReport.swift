@@ -75,12 +75,14 @@ enum InspectTextReport {
     /// Method, modules, ranks and scalings, carried tensors, base identity and fit.
     static func adapterRows(_ adapter: AdapterReport) -> [(label: String, value: String)] {
         var rows: [(label: String, value: String)] = []
-        rows.append(("method", "\(adapter.method.peftType) (\(adapter.variant.rawValue)), \(adapter.format.description)"))
+        rows.append(("method", "\(adapter.peftType) (\(adapter.variant)), \(adapter.format.description)"))
         rows.append(("modules", "\(adapter.moduleCount) adapted: \(adapter.targets.map { TerminalText.escaped($0) }.joined(separator: ", "))"))
         let ranks = adapter.ranks.map { "r=\($0.rank) (\($0.modules) module\($0.modules == 1 ? "" : "s"))" }
-        rows.append(("rank", ranks.joined(separator: ", ") + (adapter.miniRank.map { ", mini_r=\($0)" } ?? "")))
+        let miniRank = adapter.settings.first { $0.key == "mini_r" }?.value.integerValue
+        rows.append(("rank", ranks.joined(separator: ", ") + (miniRank.map { ", mini_r=\($0)" } ?? "")))
         if !adapter.scalings.isEmpty {
-            let rule = adapter.useRSLoRA ? "alpha/√r (rsLoRA)" : "alpha/r"
+            let rsLoRA = adapter.settings.first { $0.key == "use_rslora" }?.value.boolValue ?? false
+            let rule = rsLoRA ? "alpha/√r (rsLoRA)" : "alpha/r"
             let scalings = adapter.scalings.map {
                 "alpha \(short($0.alpha)) → \(short($0.scaling)) (\($0.modules) module\($0.modules == 1 ? "" : "s"))"
             }

@@ -13,7 +13,7 @@ enum MergeReport {
             lines.append("  " + label.padding(toLength: 8, withPad: " ", startingAt: 0) + " " + text)
         }
         for adapter in summary.adapters {
-            add("adapter", "\(TerminalText.escaped(adapter.source))  \(adapter.method.peftType) (\(adapter.variant.rawValue)), "
+            add("adapter", "\(TerminalText.escaped(adapter.source))  \(adapter.peftType) (\(adapter.variant)), "
                 + "weight \(formatWeight(adapter.weight)), \(adapter.modules) modules")
         }
         add("tensors", "\(summary.transformed) \(verb), \(summary.replaced) replaced, \(summary.copied) copied"
@@ -47,8 +47,8 @@ enum MergeReport {
             ("output", .string(summary.output)),
             ("files", .array(summary.files.map { .string($0) })),
             ("adapters", .array(summary.adapters.map { adapter in
-                .object([("source", .string(adapter.source)), ("method", .string(adapter.method.rawValue)),
-                         ("variant", .string(adapter.variant.rawValue)), ("weight", number(adapter.weight)),
+                .object([("source", .string(adapter.source)), ("method", .string(adapter.method)),
+                         ("variant", .string(adapter.variant)), ("weight", number(adapter.weight)),
                          ("modules", .integer(Int64(adapter.modules)))])
             })),
             ("tensors", .object([("transformed", .integer(Int64(summary.transformed))),

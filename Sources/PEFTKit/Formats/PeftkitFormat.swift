@@ -7,7 +7,12 @@ import SafeTensors
 /// Tensors keep the names PEFT gives them, so a PEFT → peftkit → PEFT round trip keeps every name and byte; the
 /// metadata adds the resolved per-module parameters, the verbatim PEFT config, the base model's identity and a CRC-32
 /// per tensor.
-public enum PeftkitFormat {
+public enum PeftkitFormat: AdapterFormat {
+    public static let id = "peftkit"
+    public static let writeName: String? = "peftkit"
+    public static let summary = "one .safetensors file with config and tensors (spec/adapter-format.md)"
+    public static let recordsBaseFingerprint = true
+
     /// The metadata key whose presence marks a peftkit file.
     public static let formatKey = "peftkit.format"
     /// The value of `formatKey`.
@@ -62,6 +67,25 @@ public enum PeftkitFormat {
         file.header.metadataValue(formatKey) != nil
     }
 
+    /// A file describes itself: a safetensors file whose metadata has `peftkit.format` is a peftkit file, even inside
+    /// a PEFT folder. A file that is neither in a PEFT folder nor a valid safetensors file yet is named `.safetensors`
+    /// can only be meant as one: its safetensors error is thrown.
+    public static func claims(_ path: String) throws -> Bool {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue else { return false }
+        let inPEFTFolder = PEFTFolderFormat.folder(of: path) != nil
+        guard path.hasSuffix(".safetensors") || !inPEFTFolder else { return false }
+        do {
+            return isPeftkitFile(try SafeTensorsFile(path: path))
+        } catch let error as SafeTensorsError where !inPEFTFolder && path.hasSuffix(".safetensors") {
+            throw error
+        } catch is SafeTensorsError {
+            return false  // not a safetensors file: judged by what surrounds it
+        }
+    }
+
+    public static func read(_ path: String) throws -> Adapter { try read(try SafeTensorsFile(path: path)) }
+
     // MARK: - Reading
 
     /// Reads a peftkit file: checks its format name and version, every tensor's CRC-32, rebuilds the adapter from the
@@ -82,8 +106,10 @@ public enum PeftkitFormat {
                                "'\(baseFingerprintKey)' is \"\(fingerprint)\"; expected SCHEME:VALUE such as v1:0123abcd")
         }
         let tensors = try file.tensors.map { StoredTensor(view: try file.view($0)) }
-        let adapter = try AdapterBuilder.build(config: config, tensors: tensors, source: source,
-                                               format: .peftkit(version: version.description), fingerprint: fingerprint)
+        let adapter = try PEFTKeys.adapter(config: config, tensors: tensors, source: source,
+                                           format: SourceFormat(id: id, version: version.description,
+                                                                description: "peftkit file, format \(version)"),
+                                           fingerprint: fingerprint)
         try crossCheck(adapter, metadata)
         return adapter
     }
@@ -187,27 +213,30 @@ public enum PeftkitFormat {
         let source = metadata.source
         var problems: [String] = []
         let method = try metadata.required(methodKey)
-        if method != adapter.method.rawValue {
-            problems.append("'\(methodKey)' is \"\(method)\" but the PEFT config's peft_type is \(adapter.method.peftType)")
+        if method != adapter.method.name {
+            problems.append("'\(methodKey)' is \"\(method)\" but the PEFT config's peft_type is \(adapter.config.peftType)")
         }
         let variant = try metadata.required(variantKey)
-        if variant != adapter.variant.rawValue {
-            problems.append("'\(variantKey)' is \"\(variant)\" but the PEFT config gives \"\(adapter.variant.rawValue)\"")
+        if variant != adapter.variant {
+            problems.append("'\(variantKey)' is \"\(variant)\" but the PEFT config gives \"\(adapter.variant)\"")
         }
         if let baseModel = metadata.value(baseModelKey), baseModel != adapter.base.nameOrPath {
             problems.append("'\(baseModelKey)' is \"\(baseModel)\" but the PEFT config's base_model_name_or_path is "
                             + (adapter.base.nameOrPath.map { "\"\($0)\"" } ?? "absent"))
         }
 
-        let recordedModules = try ModuleRecord.parseAll(try metadata.object(modulesKey), method: adapter.method,
-                                                        variant: adapter.variant, source: source)
         let modulesByPath = Dictionary(adapter.modules.map { ($0.path, $0) }, uniquingKeysWith: { first, _ in first })
+        // Each entry is read against what the adapter computes for that module (which says what fields to expect).
+        let recordedModules = try metadata.object(modulesKey).map { path, value in
+            try ModuleRecord(parsing: value, path: path,
+                             expected: modulesByPath[path].map { ModuleRecord($0, method: adapter.method) }, source: source)
+        }
         for record in recordedModules {
             guard let module = modulesByPath[record.path] else {
                 problems.append("module '\(record.path)' is in '\(modulesKey)' but the adapter's tensors have no such module")
                 continue
             }
-            problems += record.disagreements(with: ModuleRecord(module, config: adapter.config))
+            problems += record.disagreements(with: ModuleRecord(module, method: adapter.method))
         }
         let recordedPaths = Set(recordedModules.map(\.path))
         for module in adapter.modules where !recordedPaths.contains(module.path) {
@@ -234,35 +263,32 @@ public enum PeftkitFormat {
     // MARK: - Writing
 
     /// Writes `adapter` as a peftkit file at `path`, atomically (a temporary file in the same folder, renamed into
-    /// place once complete).
-    /// - Parameters:
-    ///   - fingerprint: the base fingerprint to record (`BaseFingerprint.compute`), or nil to leave it absent; pass
-    ///     `adapter.base.fingerprint` to keep the one an adapter already has.
-    ///   - force: replace an existing file at `path`; without it an existing path is refused.
-    public static func write(_ adapter: Adapter, to path: String, fingerprint: String?, force: Bool = false) throws {
-        if let fingerprint, !BaseFingerprint.isWellFormed(fingerprint) {
+    /// place once complete). `options.baseFingerprint` is recorded (`BaseFingerprint.compute`; pass
+    /// `adapter.base.fingerprint` to keep the one an adapter already has).
+    public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
+        if let fingerprint = options.baseFingerprint, !BaseFingerprint.isWellFormed(fingerprint) {
             throw PEFTKitError(.invalidConfig, file: path, "\"\(fingerprint)\" is not a base fingerprint (SCHEME:VALUE)")
         }
-        try OutputPath.checkWritable(path, force: force, expectFolder: false)
+        try OutputPath.checkWritable(path, force: options.force, expectFolder: false)
         let (parent, name) = OutputPath.split(path)
         OutputFolder.removeStaleTemporaries(in: parent, for: name)  // what a killed earlier run left
 
-        let tensors = adapter.allTensors
+        let tensors = PEFTKeys.namedTensors(adapter)
         var checksums: [String: UInt32] = [:]
-        for tensor in tensors { checksums[tensor.name] = try CRC32.checksum(of: tensor) }
-        let metadata = try metadataEntries(adapter, fingerprint: fingerprint, checksums: checksums)
+        for (name, tensor) in tensors { checksums[name] = try CRC32.checksum(of: tensor) }
+        let metadata = try metadataEntries(adapter, fingerprint: options.baseFingerprint, checksums: checksums)
         let writer = try SafeTensorsWriter(path: path,
-                                           tensors: tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
+                                           tensors: tensors.map { TensorSpec(name: $0.name, dtype: $0.tensor.dtype, shape: $0.tensor.shape) },
                                            metadata: metadata)
         do {
-            for tensor in tensors {
+            for (name, tensor) in tensors {
                 try tensor.withBytes { bytes in
                     // The recorded CRC was taken in an earlier pass: make sure the source did not change since.
-                    guard CRC32.checksum(bytes) == checksums[tensor.name] else {
+                    guard CRC32.checksum(bytes) == checksums[name] else {
                         throw PEFTKitError(.corrupted, file: adapter.source, tensor: tensor.name,
                                            "the tensor's bytes changed while it was being converted")
                     }
-                    try writer.write(tensor.name, bytes: bytes)
+                    try writer.write(name, bytes: bytes)
                 }
             }
             try writer.finish()
@@ -279,13 +305,13 @@ public enum PeftkitFormat {
             ("format", "pt"),
             (formatKey, formatName),
             (versionKey, currentVersion.description),
-            (methodKey, adapter.method.rawValue),
-            (variantKey, adapter.variant.rawValue),
-            (sourceFormatKey, sourceFormatName(adapter.format)),
+            (methodKey, adapter.method.name),
+            (variantKey, adapter.variant),
+            (sourceFormatKey, adapter.format.id),
         ]
         if let name = adapter.base.nameOrPath { entries.append((baseModelKey, name)) }
         if let fingerprint { entries.append((baseFingerprintKey, fingerprint)) }
-        let modules = adapter.modules.map { ($0.path, ModuleRecord($0, config: adapter.config).json) }
+        let modules = adapter.modules.map { ($0.path, ModuleRecord($0, method: adapter.method).json) }
         entries.append((modulesKey, JSONValue.object(modules).compactText()))
         let carried = adapter.carried.map { ($0.baseName, CarriedRecord($0).json) }
         entries.append((carriedKey, JSONValue.object(carried).compactText()))
@@ -294,101 +320,66 @@ public enum PeftkitFormat {
         entries.append((peftConfigKey, adapter.config.json.compactText()))
         return entries
     }
-
-    static func sourceFormatName(_ format: Adapter.Format) -> String {
-        switch format {
-        case .peftSafetensors: "peft-safetensors"
-        case .peftBin: "peft-bin"
-        case .peftkit: "peftkit"
-        }
-    }
 }
 
 // MARK: - Records of the metadata
 
 /// One entry of `peftkit.modules`: a module's resolved parameters and its tensors by role.
-struct ModuleRecord: Equatable {
+struct ModuleRecord {
     var path: String
     var kind: AdaptedModule.Kind
     var rank: Int
-    /// LoRA only.
-    var alpha: Double?
-    var scaling: Double?
-    var fanInFanOut: Bool?
-    /// MiSS `mini` only.
-    var miniRank: Int?
-    /// Role (PEFT suffix) → tensor name.
-    var tensors: [String: String]
+    /// The method's own parameters (`AdapterMethod.recordedParameters`), e.g. LoRA's alpha, scaling, fan_in_fan_out.
+    var parameters: [(key: String, value: JSONValue)]
+    /// Role (PEFT suffix) → tensor name, in the method's role order.
+    var tensors: [(role: String, name: String)]
 }
 
-// In an extension, so that the struct keeps its synthesized memberwise initializer.
 extension ModuleRecord {
     /// What the format records for `module`.
-    init(_ module: AdaptedModule, config: PEFTConfig) {
-        let isLoRA = config.method == .lora
+    init(_ module: AdaptedModule, method: any AdapterMethod) {
         self.init(path: module.path, kind: module.kind, rank: module.rank,
-                  alpha: isLoRA ? module.alpha : nil, scaling: isLoRA ? module.scaling : nil,
-                  fanInFanOut: isLoRA ? (module.kind == .linear && config.fanInFanOut) : nil,
-                  miniRank: config.variant == .mini ? module.miniRank : nil,
-                  tensors: Dictionary(uniqueKeysWithValues: module.tensors.map { ($0.key.rawValue, $0.value.name) }))
+                  parameters: method.recordedParameters(of: module),
+                  tensors: method.roles.filter { module.tensors[$0] != nil }.map { ($0.rawValue, PEFTKeys.key(module, $0)) })
     }
 
     var json: JSONValue {
-        var members: [(key: String, value: JSONValue)] = [("kind", .string(kind.rawValue)), ("rank", .integer(Int64(rank)))]
-        if let alpha { members.append(("alpha", Self.number(alpha))) }
-        if let scaling { members.append(("scaling", Self.number(scaling))) }
-        if let fanInFanOut { members.append(("fan_in_fan_out", .bool(fanInFanOut))) }
-        if let miniRank { members.append(("mini_rank", .integer(Int64(miniRank)))) }
-        let roles = AdaptedModule.Role.allCases.map(\.rawValue).filter { tensors[$0] != nil }
-        members.append(("tensors", .object(roles.map { ($0, .string(tensors[$0]!)) })))
-        return .object(members)
+        .object([("kind", .string(kind.rawValue)), ("rank", .integer(Int64(rank)))] + parameters
+                + [("tensors", .object(tensors.map { ($0.role, .string($0.name)) }))])
     }
 
-    /// A finite Double as the shortest literal that reads back to the same value (Swift prints `2.0`, `1e-05`,
-    /// `1e+16`: all valid JSON).
-    private static func number(_ value: Double) -> JSONValue { .number(value, literal: "\(value)") }
-
-    /// Parses `peftkit.modules`; fields that do not apply to the method are ignored, as are unknown fields.
-    static func parseAll(_ members: [(key: String, value: JSONValue)], method: AdapterMethod, variant: AdapterVariant,
-                         source: String) throws -> [ModuleRecord] {
-        try members.map { path, value in
-            func invalid(_ text: String) -> PEFTKitError {
-                PEFTKitError(.invalidConfig, file: source, tensor: path, "'\(PeftkitFormat.modulesKey)': \(text)")
-            }
-            guard case .object = value else { throw invalid("the entry is \(value.typeName), not an object") }
-            guard let kindText = value["kind"]?.stringValue, let kind = AdaptedModule.Kind(rawValue: kindText) else {
-                throw invalid("'kind' must be \"linear\" or \"embedding\"")
-            }
-            guard let rank = value["rank"]?.integerValue, rank > 0, let rankInt = Int(exactly: rank) else {
-                throw invalid("'rank' must be a positive integer")
-            }
-            func finiteNumber(_ key: String) throws -> Double {
-                guard let number = value[key]?.doubleValue, number.isFinite else { throw invalid("'\(key)' must be a number") }
-                return number
-            }
-            var record = ModuleRecord(path: path, kind: kind, rank: rankInt, alpha: nil, scaling: nil, fanInFanOut: nil,
-                                      miniRank: nil, tensors: [:])
-            if method == .lora {
-                record.alpha = try finiteNumber("alpha")
-                record.scaling = try finiteNumber("scaling")
-                guard let flag = value["fan_in_fan_out"]?.boolValue else { throw invalid("'fan_in_fan_out' must be true or false") }
-                record.fanInFanOut = flag
-            }
-            if variant == .mini {
-                guard let mini = value["mini_rank"]?.integerValue, mini > 0, let miniInt = Int(exactly: mini) else {
-                    throw invalid("'mini_rank' must be a positive integer")
-                }
-                record.miniRank = miniInt
-            }
-            guard let tensors = value["tensors"]?.objectValue, !tensors.isEmpty else {
-                throw invalid("'tensors' must be an object of role → tensor name")
-            }
-            for (role, name) in tensors {
-                guard let name = name.stringValue else { throw invalid("tensor of role '\(role)' must be a string") }
-                record.tensors[role] = name
-            }
-            return record
+    /// Parses an entry. `expected` (the record computed for the same module, if the adapter has it) says which
+    /// parameters to read and of which JSON type; unknown fields are ignored.
+    init(parsing value: JSONValue, path: String, expected: ModuleRecord?, source: String) throws {
+        func invalid(_ text: String) -> PEFTKitError {
+            PEFTKitError(.invalidConfig, file: source, tensor: path, "'\(PeftkitFormat.modulesKey)': \(text)")
         }
+        guard case .object = value else { throw invalid("the entry is \(value.typeName), not an object") }
+        guard let kindText = value["kind"]?.stringValue, let kind = AdaptedModule.Kind(rawValue: kindText) else {
+            throw invalid("'kind' must be \"linear\" or \"embedding\"")
+        }
+        guard let rank = value["rank"]?.integerValue, rank > 0, let rankInt = Int(exactly: rank) else {
+            throw invalid("'rank' must be a positive integer")
+        }
+        var parameters: [(key: String, value: JSONValue)] = []
+        for (key, wanted) in expected?.parameters ?? [] {
+            let recorded = value[key]
+            switch wanted {
+            case .number where recorded?.doubleValue?.isFinite != true: throw invalid("'\(key)' must be a number")
+            case .integer where (recorded?.integerValue ?? 0) <= 0: throw invalid("'\(key)' must be a positive integer")
+            case .bool where recorded?.boolValue == nil: throw invalid("'\(key)' must be true or false")
+            default: parameters.append((key, recorded ?? .null))
+            }
+        }
+        guard let tensors = value["tensors"]?.objectValue, !tensors.isEmpty else {
+            throw invalid("'tensors' must be an object of role → tensor name")
+        }
+        var names: [(role: String, name: String)] = []
+        for (role, name) in tensors {
+            guard let name = name.stringValue else { throw invalid("tensor of role '\(role)' must be a string") }
+            names.append((role, name))
+        }
+        self.init(path: path, kind: kind, rank: rankInt, parameters: parameters, tensors: names)
     }
 
     /// How this recorded entry differs from `actual`, one line per difference.
@@ -399,20 +390,34 @@ extension ModuleRecord {
         }
         if kind != actual.kind { note("kind", kind.rawValue, actual.kind.rawValue) }
         if rank != actual.rank { note("rank", "\(rank)", "\(actual.rank)") }
-        if !Self.close(alpha, actual.alpha) { note("alpha", "\(alpha.map { "\($0)" } ?? "absent")", "\(actual.alpha.map { "\($0)" } ?? "absent")") }
-        if !Self.close(scaling, actual.scaling) { note("scaling", "\(scaling.map { "\($0)" } ?? "absent")", "\(actual.scaling.map { "\($0)" } ?? "absent")") }
-        if fanInFanOut != actual.fanInFanOut { note("fan_in_fan_out", "\(fanInFanOut.map { "\($0)" } ?? "absent")", "\(actual.fanInFanOut.map { "\($0)" } ?? "absent")") }
-        if miniRank != actual.miniRank { note("mini_rank", "\(miniRank.map { "\($0)" } ?? "absent")", "\(actual.miniRank.map { "\($0)" } ?? "absent")") }
-        if tensors != actual.tensors {
-            let describe = { (map: [String: String]) in map.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ", ") }
+        for (key, computed) in actual.parameters {
+            let recorded = parameters.first { $0.key == key }?.value
+            if !Self.same(recorded, computed) { note(key, recorded.map(Self.text) ?? "absent", Self.text(computed)) }
+        }
+        let describe = { (pairs: [(role: String, name: String)]) in
+            pairs.sorted { $0.role < $1.role }.map { "\($0.role)=\($0.name)" }.joined(separator: ", ")
+        }
+        if describe(tensors) != describe(actual.tensors) {
             note("tensors", "{\(describe(tensors))}", "{\(describe(actual.tensors))}")
         }
         return lines
     }
 
-    /// Equal within a relative 1e-12: the spec's tolerance for numbers another writer may have printed differently.
-    private static func close(_ a: Double?, _ b: Double?) -> Bool {
-        guard let a, let b else { return a == nil && b == nil }
+    private static func text(_ value: JSONValue) -> String {
+        switch value {
+        case .number(let number, _): "\(number)"
+        case .integer(let number): "\(number)"
+        case .bool(let flag): "\(flag)"
+        default: value.compactText()
+        }
+    }
+
+    /// Numbers equal within a relative 1e-12 (the spec's tolerance for numbers another writer may have printed
+    /// differently); anything else exactly.
+    private static func same(_ recorded: JSONValue?, _ computed: JSONValue) -> Bool {
+        guard let recorded else { return false }
+        if case .bool = computed { return recorded.boolValue == computed.boolValue }
+        guard let a = recorded.doubleValue, let b = computed.doubleValue else { return recorded == computed }
         return a == b || abs(a - b) <= 1e-12 * max(abs(a), abs(b))
     }
 }
@@ -430,7 +435,7 @@ struct CarriedRecord: Equatable {
     }
 
     init(_ carried: CarriedTensor) {
-        self.init(baseName: carried.baseName, tensor: carried.tensor.name, reason: carried.reason.rawValue)
+        self.init(baseName: carried.baseName, tensor: PEFTKeys.key(carried), reason: carried.reason.rawValue)
     }
 
     var json: JSONValue { .object([("tensor", .string(tensor)), ("reason", .string(reason))]) }

@@ -1,0 +1,62 @@
+import Foundation
+
+/// A container for adapters: how to recognise it, read it into the format-neutral `Adapter`, and (where it can)
+/// write one. Each format is one file; `FormatRegistry.all` lists them.
+public protocol AdapterFormat: Sendable {
+    /// Stable id, used in JSON reports and the peftkit format's `peftkit.source_format`: `peft-safetensors` …
+    static var id: String { get }
+    /// The value of `convert --to` that writes this format; nil when peftkit reads it only.
+    static var writeName: String? { get }
+    /// One line for `--help`.
+    static var summary: String { get }
+    /// Whether the format can record the fingerprint of the base an adapter fits (`BaseFingerprint`).
+    static var recordsBaseFingerprint: Bool { get }
+
+    /// Whether `path` is in this format, judged from the file system and as few bytes as possible.
+    /// - Throws: the reader's error when `path` can only be this format but is broken.
+    static func claims(_ path: String) throws -> Bool
+    /// - Throws: `PEFTKitError` or `SafeTensorsError` naming the file, the tensor and the problem.
+    static func read(_ path: String) throws -> Adapter
+    /// Writes `adapter` at `path`, atomically: nothing appears under `path` until it is complete.
+    /// - Throws: `PEFTKitError` `.unsupported` when the format cannot express the adapter exactly; `.io` when the
+    ///   path exists (unless `options.force`) or cannot be written.
+    static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws
+}
+
+extension AdapterFormat {
+    public static var recordsBaseFingerprint: Bool { false }
+
+    public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
+        throw PEFTKitError(.unsupported, file: path, "peftkit reads \(id) adapters but does not write them")
+    }
+}
+
+/// How `AdapterFormat.write` writes.
+public struct AdapterWriteOptions: Sendable {
+    /// Replace whatever is at the path; without it an existing path is refused.
+    public var force: Bool
+    /// The base fingerprint to record, where the format has a place for it (nil leaves it absent).
+    public var baseFingerprint: String?
+
+    public init(force: Bool = false, baseFingerprint: String? = nil) {
+        self.force = force
+        self.baseFingerprint = baseFingerprint
+    }
+}
+
+/// The adapter formats peftkit knows, in the order they are tried on a path: a file that describes itself comes
+/// before the folder around it. Adding a format is its file and one line here.
+public enum FormatRegistry {
+    public static let all: [any AdapterFormat.Type] = [
+        PeftkitFormat.self,
+        PEFTFolderFormat.self,
+        PEFTLegacyBinFormat.self,
+    ]
+
+    /// The formats `convert --to` can write, by their `writeName`.
+    public static var writable: [(name: String, format: any AdapterFormat.Type)] {
+        all.compactMap { format in format.writeName.map { ($0, format) } }
+    }
+
+    public static func format(id: String) -> (any AdapterFormat.Type)? { all.first { $0.id == id } }
+}

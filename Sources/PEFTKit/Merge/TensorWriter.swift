@@ -1,0 +1,206 @@
+import Foundation
+import SafeTensors
+
+/// One worker's way of producing output tensors: copies untouched ones as bytes, converts dtypes, and streams
+/// changed ones slice by slice through a reused Float32 buffer (decode → apply every change → check → encode).
+final class TensorWriter {
+    private var floats = [Float]()
+    private let slices = SliceWriter(capacity: TensorWriter.slicesPerWorker)
+    private let run: MergeRun
+
+    /// Encoded slices a worker may hold while its output file is busy.
+    static let slicesPerWorker = 8
+    /// Untouched tensors are copied in pieces of this many bytes, each released from memory once written; changed
+    /// tensors release their input in batches of this size too. Fewer, larger releases matter: each one interrupts
+    /// the other core to flush its TLB.
+    static let releaseBytes = 8 << 20
+
+    init(run: MergeRun) { self.run = run }
+
+    private var request: MergeRequest { run.plan.request }
+
+    /// Writes `tensor` into `file`, and every slice still pending.
+    func write(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
+        if !tensor.changes.isEmpty {
+            try transform(tensor, into: file)
+            run.update {
+                $0.transformed += 1
+                $0.transformedTensors.append(tensor.name)
+            }
+        } else if let replacement = tensor.replacement {
+            try convert(replacement, name: tensor.name, to: tensor.outputDType, into: file)
+            run.update { $0.replaced += 1 }
+        } else {
+            try copy(tensor, into: file)
+        }
+        try slices.flush()
+    }
+
+    // MARK: Copying
+
+    private func copy(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
+        let source = tensor.source!
+        let stored = StoredTensor(view: try source.file.view(source.info))
+        if tensor.outputDType == source.info.dtype && tensor.name == source.info.name {
+            var offset = 0
+            repeat {
+                let end = min(stored.byteCount, offset + Self.releaseBytes)
+                try stored.withBytes { bytes in
+                    try file.write(tensor.name, chunk: UnsafeRawBufferPointer(rebasing: bytes[offset..<end]), at: offset)
+                }
+                stored.release(bytes: offset..<end)
+                offset = end
+            } while offset < stored.byteCount
+            run.update { $0.copied += 1 }
+        } else {
+            try convert(stored, name: tensor.name, to: tensor.outputDType, into: file)
+            source.file.release(source.info)
+            let converted = tensor.outputDType != source.info.dtype
+            run.update { if converted { $0.converted += 1 } else { $0.copied += 1 } }
+        }
+    }
+
+    /// Writes `stored` as `dtype`, byte for byte when the dtype already matches, else through Float32 in slices.
+    private func convert(_ stored: StoredTensor, name: String, to dtype: DType, into file: SharedOutputFile) throws {
+        if stored.dtype == dtype {
+            try stored.withBytes { try file.write(name, chunk: $0, at: 0) }
+            return
+        }
+        let inSize = stored.dtype.bitWidth / 8, outSize = dtype.bitWidth / 8
+        try stored.withBytes { source in
+            var start = 0
+            while start < stored.elementCount {
+                let count = min(request.sliceElements, stored.elementCount - start)
+                try encodeSlice(count: count, dtype: dtype, into: file, tensor: name, at: start * outSize) { floats in
+                    Codec.decode(UnsafeRawBufferPointer(rebasing: source[(start * inSize)...].prefix(count * inSize)),
+                                 as: stored.dtype, into: floats)
+                }
+                start += count
+            }
+        }
+    }
+
+    // MARK: Changing
+
+    private func transform(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
+        // The starting value: the base's, or the whole tensor an adapter carries in its place.
+        let start = try tensor.replacement ?? StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
+        let operations = try tensor.changes.map { planned in
+            do {
+                return try planned.change.prepare(planned.scale, request.direction)
+            } catch var error as PEFTKitError where error.file == nil {
+                error.file = run.plan.adapters[planned.adapterIndex].source
+                throw error
+            }
+        }
+        if let worst = operations.compactMap(\.conditionNumber).max() {
+            run.update { $0.worstCondition = max($0.worstCondition ?? 0, worst) }
+        }
+        // A matrix is a stack of rows; a vector (a bias) is one row.
+        let (rows, columns) = tensor.shape.count == 2 ? (tensor.shape[0], tensor.shape[1]) : (1, tensor.shape.first ?? 1)
+        let alignment = operations.reduce(1) { lcm($0, $1.rowAlignment) }
+        let rowsPerSlice = max(alignment, request.sliceElements / max(columns, 1) / alignment * alignment)
+        let slices = stride(from: 0, to: rows, by: rowsPerSlice).map { $0..<min(rows, $0 + rowsPerSlice) }
+        let inSize = start.dtype.bitWidth / 8, outSize = tensor.outputDType.bitWidth / 8
+
+        /// Decodes the slice's rows of the starting value into `floats`.
+        func decode(_ rowRange: Range<Int>, into floats: UnsafeMutableBufferPointer<Float>) throws {
+            try start.withBytes { raw in
+                let bytes = UnsafeRawBufferPointer(rebasing: raw[(rowRange.lowerBound * columns * inSize)...]
+                    .prefix(rowRange.count * columns * inSize))
+                Codec.decode(bytes, as: start.dtype, into: floats)
+            }
+        }
+
+        if operations.contains(where: \.needsFirstPass) {
+            // Each such operation sees the whole tensor as it stands after the operations before it.
+            for rowRange in slices {
+                try withBuffer(count: rowRange.count * columns) { floats in
+                    try decode(rowRange, into: floats)
+                    let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
+                    for operation in operations {
+                        if operation.needsFirstPass { operation.observe(slice) }
+                        operation.apply(to: slice)
+                    }
+                }
+            }
+        }
+
+        let isUnmerge = request.direction == .unmerge
+        let summationError = isUnmerge ? operations.reduce(0) { $0 + $1.summationError } : 0
+        let amplification = operations.reduce(1.0) { $0 * ($1.conditionNumber ?? 1) }
+        var releasedBytes = 0
+        for rowRange in slices {
+            var maxMagnitude: Float = 0
+            try encodeSlice(count: rowRange.count * columns, dtype: tensor.outputDType, into: file, tensor: tensor.name,
+                            at: rowRange.lowerBound * columns * outSize) { floats in
+                try decode(rowRange, into: floats)
+                if isUnmerge { maxMagnitude = Self.largestMagnitude(floats) }
+                let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
+                for operation in operations { operation.apply(to: slice) }
+            } check: { floats, nonFinite in
+                try checkFinite(floats, nonFinite: nonFinite, tensor: tensor, firstRow: rowRange.lowerBound, columns: columns)
+            }
+            if isUnmerge {
+                // Rounding the merged values cost at most half an ulp each, which a solve can amplify; subtracting
+                // the change and rounding again adds half an ulp more, and the change's own Float32 sum its error.
+                let ulp = Comparison.ulp(at: Double(maxMagnitude), in: tensor.outputDType)
+                let bound = ulp / 2 * amplification + ulp / 2 + summationError
+                run.update { $0.driftBound = max($0.driftBound, bound) }
+            }
+            let consumedBytes = rowRange.upperBound * columns * inSize
+            if consumedBytes - releasedBytes >= Self.releaseBytes || rowRange.upperBound == rows {
+                start.release(bytes: releasedBytes..<consumedBytes)
+                releasedBytes = consumedBytes
+            }
+        }
+    }
+
+    // MARK: Encoding
+
+    /// Calls `body` with the first `count` elements of the reused Float32 buffer.
+    private func withBuffer(count: Int, _ body: (UnsafeMutableBufferPointer<Float>) throws -> Void) throws {
+        if floats.count < count { floats = [Float](repeating: 0, count: count) }
+        try floats.withUnsafeMutableBufferPointer { try body(UnsafeMutableBufferPointer(rebasing: $0[0..<count])) }
+    }
+
+    /// Fills the Float32 buffer, encodes it, and writes the bytes into tensor `name` of `file` at byte `offset`.
+    /// `check` sees the values, and whether the encoder met any that are not finite in `dtype`, before anything is
+    /// written.
+    private func encodeSlice(count: Int, dtype: DType, into file: SharedOutputFile, tensor name: String, at offset: Int,
+                             fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
+                             check: (UnsafeMutableBufferPointer<Float>, Bool) throws -> Void = { _, _ in }) throws {
+        try withBuffer(count: count) { slice in
+            try fill(slice)
+            try slices.write(name, into: file, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
+                try check(slice, Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: encoded))
+            }
+        }
+    }
+
+    /// Refuses values that are not finite, or that the output dtype would round to infinity.
+    /// `nonFinite` is the encoder's screen; only when it trips are the values searched.
+    private func checkFinite(_ values: UnsafeMutableBufferPointer<Float>, nonFinite: Bool, tensor: OutputTensor,
+                             firstRow: Int, columns: Int) throws {
+        guard nonFinite, !request.allowNonFinite else { return }
+        let limit: Float = switch tensor.outputDType {
+        case .f16: 65520  // the f16 rounding boundary to infinity
+        case .bf16: Float(bitPattern: 0x7F7F_8000)
+        default: .infinity
+        }
+        for (i, value) in values.enumerated() where !(value.magnitude < limit) {
+            let what = value.isFinite ? "\(value), beyond the largest \(tensor.outputDType.rawValue)" : "\(value)"
+            throw PEFTKitError(.numerics, tensor: tensor.name,
+                               "merged value at [\(firstRow + i / columns), \(i % columns)] is \(what)")
+        }
+    }
+
+    private static func largestMagnitude(_ values: UnsafeMutableBufferPointer<Float>) -> Float {
+        values.reduce(0) { max($0, $1.isFinite ? $1.magnitude : 0) }
+    }
+
+    private func lcm(_ a: Int, _ b: Int) -> Int {
+        func gcd(_ x: Int, _ y: Int) -> Int { y == 0 ? x : gcd(y, x % y) }
+        return a / gcd(a, b) * b
+    }
+}

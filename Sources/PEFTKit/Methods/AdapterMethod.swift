@@ -1,0 +1,163 @@
+import SafeTensors
+
+/// A fine-tuning method as PEFT implements it: which `peft_type` it reads, the config fields it uses, the tensors a
+/// module has, how a module lies on the base model's tensors and what it does to them.
+///
+/// A value of a conforming type is the method *as configured* by one adapter's `adapter_config.json` (LoRA with its
+/// alpha, patterns and flags; Bone with its block size and variant). Each method is one file; `MethodRegistry.all`
+/// lists them, and everything else (config parsing, the adapter formats, the merge plan and engine, `inspect` and
+/// `--help`) goes through this protocol without naming a method.
+public protocol AdapterMethod: Sendable {
+    /// peftkit's name of the method (`lora`): its id in the peftkit format and in JSON reports.
+    static var name: String { get }
+    /// The `peft_type` values of `adapter_config.json` this method reads.
+    static var peftTypes: [String] { get }
+    /// One line for `--help`.
+    static var summary: String { get }
+    /// Every tensor role a module of this method can have, in the order the formats store them.
+    static var roles: [TensorRole] { get }
+
+    /// Reads this method's own fields of `adapter_config.json`.
+    /// - Parameter problems: every malformed field is noted here (all are reported together).
+    /// - Throws: `PEFTKitError` `.unsupported` for an option that changes the math and that peftkit cannot apply
+    ///   exactly.
+    init(config: JSONValue, source: String, problems: inout [String]) throws
+
+    /// The variant (`default`, Bone's `bat`, MiSS's `mini` …).
+    var variant: String { get }
+
+    /// Checks one module's tensors against each other and the config, and resolves its parameters (rank after
+    /// `rank_pattern`, scaling …); nil, with the problems noted, when they disagree.
+    func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule?
+
+    /// The changes `module` makes to base tensors, each checked against the base: `baseShape` gives the shape of a
+    /// base tensor by name (nil when the base has none). Problems are noted, not thrown.
+    func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange]
+
+    /// What the peftkit format records for a module beyond its kind, rank and tensors (spec/adapter-format.md).
+    func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)]
+
+    /// The base tensors `module` changes, by name (for the base fingerprint): its weight, and e.g. LoRA's bias.
+    func baseTensors(of module: AdaptedModule) -> [String]
+
+    /// Config settings worth reporting in `inspect` (e.g. LoRA's `use_rslora`), by their config key.
+    var settings: [(key: String, value: JSONValue)] { get }
+}
+
+extension AdapterMethod {
+    public var name: String { Self.name }
+    public var roles: [TensorRole] { Self.roles }
+    public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] { [] }
+    public func baseTensors(of module: AdaptedModule) -> [String] { [module.weightName] }
+    public var settings: [(key: String, value: JSONValue)] { [] }
+}
+
+/// The methods peftkit knows, in the order `--help` lists them. Adding a method is its file and one line here.
+public enum MethodRegistry {
+    public static let all: [any AdapterMethod.Type] = [
+        LoRA.self,
+        Bone.self,
+        MiSS.self,
+    ]
+
+    /// The method that reads `peftType`, if any.
+    public static func method(peftType: String) -> (any AdapterMethod.Type)? {
+        all.first { $0.peftTypes.contains(peftType) }
+    }
+
+    /// Every `peft_type` peftkit reads, for messages.
+    public static var peftTypes: [String] { all.flatMap { $0.peftTypes } }
+}
+
+/// What a tensor of an adapter module is for. The raw value is the suffix PEFT gives it after the module path
+/// (`lora_A.weight`); the peftkit format records roles by it.
+public struct TensorRole: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: String
+    public init(rawValue: String) { self.rawValue = rawValue }
+    public init(_ rawValue: String) { self.rawValue = rawValue }
+    public var description: String { rawValue }
+}
+
+/// Merge or unmerge.
+public enum MergeDirection: String, Sendable {
+    case merge
+    case unmerge
+}
+
+/// One adapter module's change to one base tensor, checked against the base when the merge is planned. Its
+/// tensors are decoded only when the engine reaches that tensor.
+public struct ModuleChange: Sendable {
+    /// The base tensor changed, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    public let tensor: String
+    /// Decodes the module's tensors into the operation on that tensor. `scale` is the module's scaling times the
+    /// merge weight; `direction` says whether to apply the change or undo it.
+    let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation
+
+    public init(tensor: String,
+                prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
+        self.tensor = tensor
+        self.prepare = prepare
+    }
+}
+
+/// A module's change decoded and ready to apply to a tensor, slice by slice of rows (a vector is one row).
+///
+/// Most methods are row-local: `apply` sees each slice once. One that needs the whole tensor first (a norm over
+/// columns, a factorisation of W) sets `needsFirstPass`: the engine then shows it every slice in a first pass —
+/// as it stands after the operations before it — through `observe`, and applies it in a second.
+public protocol WeightOperation {
+    /// Slices start and end on multiples of this many rows (Bat works on bands of r rows).
+    var rowAlignment: Int { get }
+    var needsFirstPass: Bool { get }
+    func observe(_ slice: WeightRows)
+    func apply(to slice: WeightRows)
+    /// Unmerge by solving a system: its condition number, which bounds how much the solve can amplify the merged
+    /// file's rounding; nil for a plain subtraction.
+    var conditionNumber: Double? { get }
+    /// A bound on how far the Float32 change can be from the exact one, counted twice (the merge that made the input
+    /// and this unmerge each sum it, in whatever order).
+    var summationError: Double { get }
+}
+
+extension WeightOperation {
+    public var rowAlignment: Int { 1 }
+    public var needsFirstPass: Bool { false }
+    public func observe(_ slice: WeightRows) {}
+    public var conditionNumber: Double? { nil }
+    public var summationError: Double { 0 }
+}
+
+/// A horizontal slice of a decoded weight matrix: rows `rows` of a matrix with `columns` columns, stored row-major
+/// from `values` (which points at the first row of the slice). Methods work slice by slice so that a tensor of any
+/// size streams through a bounded buffer.
+public struct WeightRows {
+    public let values: UnsafeMutablePointer<Float>
+    public let rows: Range<Int>
+    public let columns: Int
+
+    public init(values: UnsafeMutablePointer<Float>, rows: Range<Int>, columns: Int) {
+        self.values = values
+        self.rows = rows
+        self.columns = columns
+    }
+
+    public func row(_ index: Int) -> UnsafeMutablePointer<Float> {
+        values + (index - rows.lowerBound) * columns
+    }
+}
+
+/// Shared checks of `changes(of:baseShape:problems:)`.
+extension AdaptedModule {
+    /// The shape of the module's weight in the base when it is a matrix; nil with the problem noted otherwise.
+    public func baseMatrixShape(_ baseShape: (String) -> [Int]?, problems: inout [String]) -> (rows: Int, columns: Int)? {
+        guard let shape = baseShape(weightName) else {
+            problems.append("module '\(path)': base has no tensor '\(weightName)'")
+            return nil
+        }
+        guard shape.count == 2 else {
+            problems.append("module '\(path)': base weight has shape \(shape); only matrices can be adapted")
+            return nil
+        }
+        return (shape[0], shape[1])
+    }
+}
