@@ -12,7 +12,8 @@ struct ConvertCommand: AsyncParsableCommand {
             Reads an adapter in any of these formats (recognised from its files, not from its name):
             \(RegistryHelp.readableFormats)
 
-            and writes it as --to asks:
+            and writes it as --to asks (a PEFT folder is what HF PEFT loads; the peftkit file is \
+            spec/adapter-format.md):
             \(RegistryHelp.writableFormats)
 
             Tensor values are copied bit for bit; only the container changes. With --base (for a format that \

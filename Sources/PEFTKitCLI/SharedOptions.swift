@@ -76,6 +76,7 @@ enum RegistryHelp {
     }
 
     static var readableFormats: String {
-        FormatRegistry.all.map { "  " + $0.summary }.joined(separator: "\n")
+        FormatRegistry.all.map { "  " + $0.id.padding(toLength: 17, withPad: " ", startingAt: 0) + " " + $0.summary }
+            .joined(separator: "\n")
     }
 }

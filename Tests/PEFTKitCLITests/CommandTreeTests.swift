@@ -1,5 +1,6 @@
 import Testing
 @testable import PEFTKitCLI
+import PEFTKit
 
 @Test func rootCommandHasTheFiveSubcommands() {
     #expect(PeftkitCommand.configuration.commandName == "peftkit")
@@ -75,4 +76,28 @@ func usageErrorsExitWith64AndShowTheUsage(arguments: [String], mention: String) 
     let bare = await peftkit([])
     #expect(bare.status == 0)
     #expect(bare.standardOutput.contains("SUBCOMMANDS:"))
+}
+
+/// `--help` is made from the registries: every method and every format appears, and `convert --to` takes exactly
+/// the formats that can be written.
+@Test func helpListsEveryRegisteredMethodAndFormat() async {
+    let root = await peftkit("--help")
+    for method in MethodRegistry.all {
+        for peftType in method.peftTypes { #expect(root.standardOutput.contains("  \(peftType)"), "\(peftType)") }
+    }
+    let convert = await peftkit("convert", "--help")
+    for format in FormatRegistry.all {
+        #expect(convert.standardOutput.contains("  \(format.id.padding(toLength: 17, withPad: " ", startingAt: 0)) \(format.summary)\n"), "\(format.id)")
+    }
+    #expect(AdapterFormatChoice.allValueStrings == FormatRegistry.writable.map { $0.name })
+    #expect(AdapterFormatChoice.allValueStrings == ["peftkit", "peft"])
+    let unknown = await peftkit("convert", "a", "--to", "peft-bin", "-o", "out")
+    #expect(unknown.status == 64)
+    #expect(unknown.standardError.contains("peftkit"))
+}
+
+/// The registries' one-line summaries fit the help's 80 columns next to their names, so that none is wrapped.
+@Test func registrySummariesFitOneHelpLine() {
+    for method in MethodRegistry.all { #expect(method.summary.count <= 68, "\(method.name)") }
+    for format in FormatRegistry.all { #expect(format.summary.count <= 58, "\(format.id)") }
 }

@@ -7,7 +7,7 @@ public protocol AdapterFormat: Sendable {
     static var id: String { get }
     /// The value of `convert --to` that writes this format; nil when peftkit reads it only.
     static var writeName: String? { get }
-    /// One line for `--help`.
+    /// One line for `--help`, at most 58 characters.
     static var summary: String { get }
     /// Whether the format can record the fingerprint of the base an adapter fits (`BaseFingerprint`).
     static var recordsBaseFingerprint: Bool { get }

@@ -6,7 +6,7 @@ import SafeTensors
 public enum PEFTFolderFormat: AdapterFormat {
     public static let id = "peft-safetensors"
     public static let writeName: String? = "peft"
-    public static let summary = "a PEFT folder (adapter_config.json + adapter_model.safetensors), as HF PEFT loads it"
+    public static let summary = "PEFT folder with adapter_model.safetensors"
 
     public static let configFileName = "adapter_config.json"
     public static let safetensorsFileName = "adapter_model.safetensors"

@@ -5,7 +5,7 @@ import Foundation
 public enum PEFTLegacyBinFormat: AdapterFormat {
     public static let id = "peft-bin"
     public static let writeName: String? = nil
-    public static let summary = "a PEFT folder with the legacy pickled adapter_model.bin (read without running pickle code)"
+    public static let summary = "PEFT folder with legacy adapter_model.bin (no pickle run)"
 
     public static let fileName = "adapter_model.bin"
 

@@ -10,7 +10,7 @@ import SafeTensors
 public enum PeftkitFormat: AdapterFormat {
     public static let id = "peftkit"
     public static let writeName: String? = "peftkit"
-    public static let summary = "one .safetensors file with config and tensors (spec/adapter-format.md)"
+    public static let summary = "one .safetensors file holding config and tensors"
     public static let recordsBaseFingerprint = true
 
     /// The metadata key whose presence marks a peftkit file.

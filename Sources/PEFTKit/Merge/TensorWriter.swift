@@ -112,16 +112,15 @@ final class TensorWriter {
             }
         }
 
-        if operations.contains(where: \.needsFirstPass) {
-            // Each such operation sees the whole tensor as it stands after the operations before it.
+        // An operation that needs a first pass sees the whole tensor as it stands after the operations before it,
+        // each of which is complete by then: one pass per such operation.
+        for (index, operation) in operations.enumerated() where operation.needsFirstPass {
             for rowRange in slices {
                 try withBuffer(count: rowRange.count * columns) { floats in
                     try decode(rowRange, into: floats)
                     let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
-                    for operation in operations {
-                        if operation.needsFirstPass { operation.observe(slice) }
-                        operation.apply(to: slice)
-                    }
+                    for earlier in operations[..<index] { earlier.apply(to: slice) }
+                    operation.observe(slice)
                 }
             }
         }

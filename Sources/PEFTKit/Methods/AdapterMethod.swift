@@ -12,7 +12,7 @@ public protocol AdapterMethod: Sendable {
     static var name: String { get }
     /// The `peft_type` values of `adapter_config.json` this method reads.
     static var peftTypes: [String] { get }
-    /// One line for `--help`.
+    /// One line for `--help`, at most 68 characters.
     static var summary: String { get }
     /// Every tensor role a module of this method can have, in the order the formats store them.
     static var roles: [TensorRole] { get }
@@ -103,8 +103,9 @@ public struct ModuleChange: Sendable {
 /// A module's change decoded and ready to apply to a tensor, slice by slice of rows (a vector is one row).
 ///
 /// Most methods are row-local: `apply` sees each slice once. One that needs the whole tensor first (a norm over
-/// columns, a factorisation of W) sets `needsFirstPass`: the engine then shows it every slice in a first pass —
-/// as it stands after the operations before it — through `observe`, and applies it in a second.
+/// columns, a factorisation of W) sets `needsFirstPass`: before applying anything, the engine shows it every slice
+/// through `observe`, as the slice stands after the operations before it, and only then applies them all. Such an
+/// operation keeps what it observed, so it is a class.
 public protocol WeightOperation {
     /// Slices start and end on multiples of this many rows (Bat works on bands of r rows).
     var rowAlignment: Int { get }

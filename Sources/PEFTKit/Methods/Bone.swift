@@ -18,7 +18,7 @@ import SafeTensors
 public struct Bone: AdapterMethod {
     public static let name = "bone"
     public static let peftTypes = ["BONE"]
-    public static let summary = "Bone: column blocks W[o, c] + block[c mod r, o], or Bat T·(I + B) + B (init_weights: bat)"
+    public static let summary = "Bone: column blocks, or Bat T·(I + B) + B (init_weights: bat)"
     static let block = TensorRole("bone_block")
     public static let roles = [block]
 

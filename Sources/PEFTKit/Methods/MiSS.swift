@@ -8,7 +8,7 @@ import SafeTensors
 public struct MiSS: AdapterMethod {
     public static let name = "miss"
     public static let peftTypes = ["MISS"]
-    public static let summary = "MiSS: Bone's successor (column blocks, Bat, and mini: one r×mini_r block shared)"
+    public static let summary = "MiSS: Bone's successor; column blocks, Bat, mini (shared block)"
     static let block = TensorRole("miss_block")
     public static let roles = [block]
 
