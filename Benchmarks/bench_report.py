@@ -5,7 +5,7 @@
     bench_report.py table CSV [--meta FILE]          Markdown summary of the raw CSV (medians, ratios, targets)
 
 Raw CSV columns: label,kind,adapter,layers,run,exit,wall_s,peak_rss_kb,user_s,sys_s
-kind is one of cp, peftkit, peft, inspect, true. Empty fields mean "not measured".
+kind is one of cp, peftkit, baseline (run.sh --baseline), peft, inspect, true. Empty fields mean "not measured".
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def table(csv_path: str, meta_path: str | None) -> None:
         rss = g.median("peak_rss_kb")
         rss_mb = rss / 1024 if rss is not None else None
         ratio = speedup = None
-        if g.kind == "peftkit":
+        if g.kind in ("peftkit", "baseline"):
             cp = ok_median_wall(find(groups, "cp", "", g.layers))
             if cp:
                 ratio = statistics.median(walls) / cp
@@ -123,6 +123,16 @@ def table(csv_path: str, meta_path: str | None) -> None:
         )
         checks.extend(target_checks(g, ratio, speedup, rss_mb, statistics.median(walls)))
 
+    against = []
+    for g in groups.values():
+        if g.kind != "baseline":
+            continue
+        mine, theirs = ok_median_wall(find(groups, "peftkit", g.adapter, g.layers)), ok_median_wall(g)
+        if mine and theirs:
+            against.append(f"- {g.adapter}: peftkit {mine:.2f} s, baseline {theirs:.2f} s: "
+                           f"{mine / theirs:.3f} × the baseline's median")
+    if against:
+        out += ["", "Against the baseline binary (same rounds):", ""] + against
     if checks:
         out += ["", "Targets:", ""] + checks
     text = "\n".join(out) + "\n"

@@ -11,6 +11,7 @@ LARGE=0
 LARGE_RUNS=2
 INSPECT_RUNS=30
 PEFTKIT=""
+BASELINE=""
 CACHE="${HOME}/.cache/peftkit-bench"
 PYTHON="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
 PYTHON="${PYTHON:-python3}"
@@ -42,6 +43,8 @@ Options:
   --large-runs N    runs for --large (default $LARGE_RUNS)
   --peftkit PATH    peftkit binary (default: $REPO_DIR/.build/release/peftkit,
                     built with 'swift build -c release --static-swift-stdlib' if missing)
+  --baseline PATH   another peftkit binary (e.g. built from an earlier commit), timed on the
+                    same merges in the same rounds: its rows are "baseline merge …"
   --cache DIR       inputs made by make_inputs.py (default $CACHE)
   --results DIR     where latest.md/latest.csv go (default Benchmarks/results)
   --python PATH     Python with torch/peft/transformers (default: \$PYTHON, the active
@@ -61,6 +64,7 @@ parse_args() {
             --large) LARGE=1; shift ;;
             --large-runs) LARGE_RUNS=${2:?}; shift 2 ;;
             --peftkit) PEFTKIT=${2:?}; shift 2 ;;
+            --baseline) BASELINE=${2:?}; shift 2 ;;
             --cache) CACHE=${2:?}; shift 2 ;;
             --python) PYTHON=${2:?}; shift 2 ;;
             --results) RESULTS_DIR=${2:?}; shift 2 ;;
@@ -153,6 +157,10 @@ bench_small() {
         for a in "${ADAPTERS[@]}"; do
             measure "peftkit merge ${a/-/ }" peftkit "$a" 22 "$r" -- \
                 "$PEFTKIT" merge "$base" "$root/$a" --output "$OUT" --force --quiet
+            if [[ -n "$BASELINE" ]]; then
+                measure "baseline merge ${a/-/ }" baseline "$a" 22 "$r" -- \
+                    "$BASELINE" merge "$base" "$root/$a" --output "$OUT" --force --quiet
+            fi
         done
         for ((p = peft_done; p < (r * PEFT_RUNS + RUNS / 2) / RUNS; p++)); do
             peft_done=$((p + 1))
@@ -206,7 +214,7 @@ write_meta() {
         echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "- nproc: $(nproc); CPU: ${cpu:-unknown}; RAM: $(free -g | awk '/^Mem:/ {print $2}') GB"
         echo "- load average at start: $LOAD_AT_START"
-        echo "- repo commit: $commit; peftkit: \`$PEFTKIT\`"
+        echo "- repo commit: $commit; peftkit: \`$PEFTKIT\`$([[ -n "$BASELINE" ]] && echo "; baseline: \`$BASELINE\`")"
         echo "- inputs: \`$CACHE\` (TinyLlama-1.1B shape, bf16: 22 layers $(size_gb "$CACHE/llama-22l-bf16/base")$( \
             (( LARGE == 0 )) || echo "; 66 layers $(size_gb "$CACHE/llama-66l-bf16/base")"))"
         echo "- runs: $RUNS per cp/peftkit row (interleaved), $PEFT_RUNS per HF PEFT row$( \
