@@ -176,6 +176,11 @@ struct MergePlan: Sendable {
         /// Asks the method how each module lies on the base, and queues its changes on those tensors.
         mutating func placeModules(of adapter: Adapter, index: Int) throws {
             let weight = request.weights[index]
+            if weight != 1 && !adapter.method.acceptsMergeWeight {
+                throw PEFTKitError(.unsupported, file: adapter.source,
+                                   "a merge weight of \(weight) has no meaning for \(adapter.config.peftType), whose change is a "
+                                   + "product rather than a sum; merge it with weight 1")
+            }
             for module in adapter.modules {
                 var found: [String] = []
                 let changes = adapter.method.changes(of: module, baseShape: { self.tensor($0)?.shape }, problems: &found)

@@ -127,24 +127,27 @@ final class TensorWriter {
 
         let isUnmerge = request.direction == .unmerge
         let summationError = isUnmerge ? operations.reduce(0) { $0 + $1.summationError } : 0
-        let amplification = operations.reduce(1.0) { $0 * ($1.conditionNumber ?? 1) }
+        let amplification = operations.reduce(1.0) { $0 * $1.roundingAmplification }
         var releasedBytes = 0
         for rowRange in slices {
-            var maxMagnitude: Float = 0
+            var inputMagnitude: Float = 0, outputMagnitude: Float = 0
             try encodeSlice(count: rowRange.count * columns, dtype: tensor.outputDType, into: file, tensor: tensor.name,
                             at: rowRange.lowerBound * columns * outSize) { floats in
                 try decode(rowRange, into: floats)
-                if isUnmerge { maxMagnitude = Self.largestMagnitude(floats) }
+                if isUnmerge { inputMagnitude = Self.largestMagnitude(floats) }
                 let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
                 for operation in operations { operation.apply(to: slice) }
+                if isUnmerge { outputMagnitude = Self.largestMagnitude(floats) }
             } check: { floats, nonFinite in
                 try checkFinite(floats, nonFinite: nonFinite, tensor: tensor, firstRow: rowRange.lowerBound, columns: columns)
             }
             if isUnmerge {
-                // Rounding the merged values cost at most half an ulp each, which a solve can amplify; subtracting
-                // the change and rounding again adds half an ulp more, and the change's own Float32 sum its error.
-                let ulp = Comparison.ulp(at: Double(maxMagnitude), in: tensor.outputDType)
-                let bound = ulp / 2 * amplification + ulp / 2 + summationError
+                // Rounding the merged values cost at most half an ulp each, which undoing can amplify; rounding the
+                // result adds half an ulp more (at the larger of the two magnitudes: a division can grow the values),
+                // and the change's own Float32 sum its error.
+                let bound = Comparison.ulp(at: Double(inputMagnitude), in: tensor.outputDType) / 2 * amplification
+                    + Comparison.ulp(at: Double(max(inputMagnitude, outputMagnitude)), in: tensor.outputDType) / 2
+                    + summationError
                 run.update { $0.driftBound = max($0.driftBound, bound) }
             }
             let consumedBytes = rowRange.upperBound * columns * inSize

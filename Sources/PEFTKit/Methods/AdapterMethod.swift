@@ -42,6 +42,10 @@ public protocol AdapterMethod: Sendable {
 
     /// Config settings worth reporting in `inspect` (e.g. LoRA's `use_rslora`), by their config key.
     var settings: [(key: String, value: JSONValue)] { get }
+
+    /// Whether a merge weight other than 1 means something for this method (it scales an additive change; a
+    /// multiplicative one has nothing to scale). The plan refuses other weights where it does not.
+    var acceptsMergeWeight: Bool { get }
 }
 
 extension AdapterMethod {
@@ -50,6 +54,7 @@ extension AdapterMethod {
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] { [] }
     public func baseTensors(of module: AdaptedModule) -> [String] { [module.weightName] }
     public var settings: [(key: String, value: JSONValue)] { [] }
+    public var acceptsMergeWeight: Bool { true }
 }
 
 /// The methods peftkit knows, in the order `--help` lists them. Adding a method is its file and one line here.
@@ -58,6 +63,7 @@ public enum MethodRegistry {
         LoRA.self,
         Bone.self,
         MiSS.self,
+        IA3.self,
     ]
 
     /// The method that reads `peftType`, if any.
@@ -115,6 +121,9 @@ public protocol WeightOperation {
     /// Unmerge by solving a system: its condition number, which bounds how much the solve can amplify the merged
     /// file's rounding; nil for a plain subtraction.
     var conditionNumber: Double? { get }
+    /// How much undoing the change can amplify the merged file's rounding (the condition number of a solve, 1 / |l|
+    /// for a division, 1 for a subtraction).
+    var roundingAmplification: Double { get }
     /// A bound on how far the Float32 change can be from the exact one, counted twice (the merge that made the input
     /// and this unmerge each sum it, in whatever order).
     var summationError: Double { get }
@@ -125,6 +134,7 @@ extension WeightOperation {
     public var needsFirstPass: Bool { false }
     public func observe(_ slice: WeightRows) {}
     public var conditionNumber: Double? { nil }
+    public var roundingAmplification: Double { conditionNumber ?? 1 }
     public var summationError: Double { 0 }
 }
 
