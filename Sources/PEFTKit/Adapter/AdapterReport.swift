@@ -45,6 +45,9 @@ public struct AdapterReport: Sendable {
     public var carriedParameters: Int { carried.reduce(0) { $0 + $1.parameters } }
     public var carriedBytes: Int { carried.reduce(0) { $0 + $1.bytes } }
 
+    /// Describes `adapter`; with `basePath`, also how it fits that base (the merge plan's checks, nothing written).
+    /// - Throws: the readers' errors for a base that cannot be opened, and any plan error other than a misfit
+    ///   (`.baseMismatch` problems are collected in `base.problems` instead).
     public init(_ adapter: Adapter, adapterPath: String, basePath: String? = nil) throws {
         method = adapter.method.name
         peftType = adapter.config.peftType

@@ -32,6 +32,8 @@ public enum BaseFingerprint {
     }
 
     /// Computes the fingerprint of `base` for `adapter`, reading every covered tensor once, in streaming fashion.
+    /// - Throws: `PEFTKitError` `.baseMismatch` when the base lacks a covered tensor; `SafeTensorsError` when a file
+    ///   shrinks while it is read.
     public static func compute(adapter: Adapter, base: Checkpoint) throws -> String {
         scheme + ":" + CRC32.hex(CRC32.checksum(try canonicalText(adapter: adapter, base: base)))
     }

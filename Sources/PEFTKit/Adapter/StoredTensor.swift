@@ -32,6 +32,7 @@ public struct StoredTensor: Sendable {
 
     /// Calls `body` with the raw little-endian bytes. For a mapped tensor, the file is checked before and after:
     /// if it shrank meanwhile, what `body` read is not the tensor, and this throws.
+    /// - Throws: `SafeTensorsError` when the mapped file changed size; whatever `body` throws.
     public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) throws -> R {
         switch storage {
         case .mapped(let view):
@@ -60,6 +61,7 @@ public struct StoredTensor: Sendable {
 
     /// The values as Float32 (every adapter tensor is a float type; checked when the adapter is built). The mapped
     /// pages read are released afterwards: the decoded copy is what callers keep.
+    /// - Throws: `SafeTensorsError` when the mapped file changed size.
     public func floats() throws -> [Float] {
         defer { release(bytes: 0..<byteCount) }
         return try withBytes { raw in

@@ -90,6 +90,9 @@ public enum PeftkitFormat: AdapterFormat {
 
     /// Reads a peftkit file: checks its format name and version, every tensor's CRC-32, rebuilds the adapter from the
     /// verbatim PEFT config and checks that the resolved parameters the file records agree with it.
+    /// - Throws: `PEFTKitError` — `.invalidConfig` for missing or malformed metadata, `.unsupported` for a major
+    ///   version this code does not read, `.corrupted` for a CRC-32 mismatch, `.inconsistentAdapter` when the
+    ///   metadata disagrees with the adapter rebuilt from its config and tensors.
     public static func read(_ file: SafeTensorsFile) throws -> Adapter {
         let source = file.path
         let metadata = Metadata(file: file)
