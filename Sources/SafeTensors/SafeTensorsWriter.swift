@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CPeftKitSystem
 import Foundation
 
 /// Writes one safetensors file, tensor by tensor, without ever holding the whole file in memory.
@@ -162,16 +163,9 @@ public final class SafeTensorsWriter: @unchecked Sendable {
         }
     }
 
-    /// Whether the file lives on tmpfs (`fstatfs` type TMPFS_MAGIC). Swift's Glibc module does not include
-    /// <sys/statfs.h>, so the call is looked up at run time; on 64-bit Linux `f_type` is the first field of the
-    /// 120-byte `struct statfs`.
+    /// Whether the file lives on tmpfs; false when that cannot be told (fstatfs failed or does not exist).
     static func isMemoryBacked(_ descriptor: Int32) -> Bool {
-        typealias FStatFS = @convention(c) (Int32, UnsafeMutableRawPointer) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fstatfs") else { return false }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
-        defer { buffer.deallocate() }
-        guard unsafeBitCast(symbol, to: FStatFS.self)(descriptor, buffer) == 0 else { return false }
-        return buffer.load(as: Int.self) == 0x0102_1994
+        peftkit_is_tmpfs(descriptor) == 1
     }
 
     static func split(_ path: String) -> (folder: String, name: String) {
