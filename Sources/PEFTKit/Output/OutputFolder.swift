@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// An output folder built under a temporary name beside its final place and renamed into place only when complete,
-/// so the final path is always either absent (or the old folder, with `--force`) or a complete result.
+/// so the final path is always either absent (or the old folder, with `force`) or a complete result.
 final class OutputFolder {
     let finalPath: String
     let temporaryPath: String

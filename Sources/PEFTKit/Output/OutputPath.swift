@@ -20,13 +20,13 @@ enum OutputPath {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         guard force else {
-            throw PEFTKitError(.io, file: path, "already exists (use --force to replace it)")
+            throw PEFTKitError(.io, file: path, "already exists", remedy: .replaceExisting)
         }
         _ = FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
         if isFolder.boolValue != expectFolder {
             throw PEFTKitError(.io, file: path, isFolder.boolValue
-                ? "is a folder; refusing to replace it with a file even with --force"
-                : "is a file; refusing to replace it with a folder even with --force")
+                ? "is a folder; refusing to replace it with a file, even though replacing was asked for"
+                : "is a file; refusing to replace it with a folder, even though replacing was asked for")
         }
     }
 
