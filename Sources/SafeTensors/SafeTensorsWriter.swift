@@ -37,9 +37,7 @@ public final class SafeTensorsWriter: @unchecked Sendable {
     private enum State { case open, finished, aborted }
 
     /// Creates the temporary file and writes the header.
-    /// - Parameters:
-    ///   - metadata: `__metadata__`; transformers requires `format: pt`, the default.
-    ///   - syncOnFinish: fsync the file and its folder before renaming (turn off only for scratch output).
+    /// - Parameter metadata: `__metadata__`; transformers requires `format: pt`, the default.
     public init(path: String, tensors: [TensorSpec],
                 metadata: [(key: String, value: String)]? = [("format", "pt")]) throws {
         self.path = path
@@ -113,6 +111,7 @@ public final class SafeTensorsWriter: @unchecked Sendable {
     }
 
     /// Checks that every tensor was written, syncs, and renames the file to its final name.
+    /// - Parameter sync: fsync the file before the rename and its folder after (turn off only for scratch output).
     public func finish(sync: Bool = true) throws {
         lock.lock()
         defer { lock.unlock() }
