@@ -38,6 +38,8 @@ public final class SafeTensorsWriter: @unchecked Sendable {
 
     /// Creates the temporary file and writes the header.
     /// - Parameter metadata: `__metadata__`; transformers requires `format: pt`, the default.
+    /// - Throws: SafeTensorsError when the specs cannot be laid out (a duplicate or reserved name, a size that
+    ///   overflows), `.io` when the temporary file cannot be created, its space reserved or its header written.
     public init(path: String, tensors: [TensorSpec],
                 metadata: [(key: String, value: String)]? = [("format", "pt")]) throws {
         self.path = path
@@ -112,6 +114,8 @@ public final class SafeTensorsWriter: @unchecked Sendable {
 
     /// Checks that every tensor was written, syncs, and renames the file to its final name.
     /// - Parameter sync: fsync the file before the rename and its folder after (turn off only for scratch output).
+    /// - Throws: SafeTensorsError `.writerIncomplete` when a tensor is short of bytes, `.io` when the sync or the
+    ///   rename fails (the temporary file is then removed).
     public func finish(sync: Bool = true) throws {
         lock.lock()
         defer { lock.unlock() }
