@@ -16,11 +16,13 @@ let package = Package(
         .systemLibrary(name: "CPeftKitOpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CPeftKitZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CPeftKitJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+        // Our own C: Linux system calls that Swift's Glibc module does not declare.
+        .target(name: "CPeftKitSystem"),
 
         // The file format only: knows nothing of adapters.
-        .target(name: "SafeTensors", dependencies: ["CPeftKitJSONC", "CPeftKitZlib"]),
+        .target(name: "SafeTensors", dependencies: ["CPeftKitJSONC", "CPeftKitZlib", "CPeftKitSystem"]),
         // Adapters, their math and the streaming merge engine.
-        .target(name: "PEFTKit", dependencies: ["SafeTensors", "CPeftKitOpenBLAS", "CPeftKitZlib", "CPeftKitJSONC"]),
+        .target(name: "PEFTKit", dependencies: ["SafeTensors", "CPeftKitOpenBLAS", "CPeftKitZlib", "CPeftKitJSONC", "CPeftKitSystem"]),
         // Argument parsing and presentation; a library so tests can run commands in-process.
         .target(name: "PEFTKitCLI", dependencies: [
             "PEFTKit", "SafeTensors",
@@ -29,7 +31,7 @@ let package = Package(
         .executableTarget(name: "peftkit", dependencies: ["PEFTKitCLI"]),
 
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "PEFTKitTests", dependencies: ["PEFTKit", "SafeTensors"]),
+        .testTarget(name: "PEFTKitTests", dependencies: ["PEFTKit", "SafeTensors", "CPeftKitSystem"]),
         .testTarget(name: "PEFTKitCLITests", dependencies: ["PEFTKitCLI", "PEFTKit", "SafeTensors"]),
     ]
 )

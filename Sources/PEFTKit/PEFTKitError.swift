@@ -24,6 +24,15 @@ public struct PEFTKitError: LocalizedError, Equatable, Sendable {
         case corrupted
     }
 
+    /// A way past the refusal that the caller can ask for, when there is one. Kept apart from `message` so each
+    /// front end names its own switch: the CLI a flag, an app its `force` or `allowNonFinite` argument.
+    public enum Remedy: Sendable {
+        /// The output exists; writing again with replacing allowed (`force: true`) replaces it.
+        case replaceExisting
+        /// Non-finite values were found; allowing them (`allowNonFinite: true`) writes the result anyway.
+        case allowNonFinite
+    }
+
     public var kind: Kind
     /// The file involved, as the user named it (or as found inside a folder the user named).
     public var file: String?
@@ -32,20 +41,29 @@ public struct PEFTKitError: LocalizedError, Equatable, Sendable {
     public var message: String
     /// Every problem found, one line each, when a check reports more than one.
     public var details: [String]
+    /// What would get past this refusal. `message` leaves it out: `errorDescription` adds it in API-neutral words,
+    /// the CLI as its flag.
+    public var remedy: Remedy?
 
-    public init(_ kind: Kind, file: String? = nil, tensor: String? = nil, _ message: String, details: [String] = []) {
+    public init(_ kind: Kind, file: String? = nil, tensor: String? = nil, _ message: String, details: [String] = [],
+                remedy: Remedy? = nil) {
         self.kind = kind
         self.file = file
         self.tensor = tensor
         self.message = message
         self.details = details
+        self.remedy = remedy
     }
 
     public var errorDescription: String? {
         var parts: [String] = []
         if let file { parts.append(file) }
         if let tensor { parts.append("'\(tensor)'") }
-        parts.append(message)
+        switch remedy {
+        case .replaceExisting: parts.append(message + " (replacing it must be asked for)")
+        case .allowNonFinite: parts.append(message + " (non-finite values must be allowed to write it anyway)")
+        case nil: parts.append(message)
+        }
         return parts.joined(separator: ": ") + details.map { "\n  - " + $0 }.joined()
     }
 }

@@ -99,7 +99,8 @@ public enum ExitStatus: Int32, CaseIterable, Sendable, Error {
     }
 }
 
-/// Thrown by the commands whose issue has not landed yet: they parse and validate their arguments, then stop.
+/// For a command that parses and validates its arguments but is not in this build (no command throws it today; the
+/// status and the help text keep the case).
 struct CommandNotAvailable: Error, Sendable {
     let commandName: String
 

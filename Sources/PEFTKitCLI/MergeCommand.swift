@@ -3,8 +3,8 @@ import PEFTKit
 import Foundation
 import SafeTensors
 
-/// `peftkit merge BASE ADAPTER [ADAPTER ...] --output DIR …`: the argument surface is final; the engine arrives with
-/// the merge issue.
+/// `peftkit merge BASE ADAPTER [ADAPTER ...] --output DIR …`: parses and checks the arguments, then hands a
+/// `MergeRequest` to the engine.
 struct MergeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "merge",

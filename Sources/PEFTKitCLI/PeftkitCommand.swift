@@ -94,7 +94,7 @@ extension PeftkitCommand {
             var parts: [String] = []
             if let file = error.file { parts.append(file) }
             if let tensor = error.tensor { parts.append("'\(tensor)'") }
-            parts.append(error.message)
+            parts.append(error.message + cliHint(for: error.remedy))
             return ["peftkit: " + TerminalText.escaped(parts.joined(separator: ": "))]
                 + error.details.map { "  - " + TerminalText.escaped($0) }
         case let error as SafeTensorsError:
@@ -104,6 +104,15 @@ extension PeftkitCommand {
         default:
             let description = (error as? any LocalizedError)?.errorDescription ?? String(describing: error)
             return ["peftkit: internal error: " + TerminalText.escaped(description)]
+        }
+    }
+
+    /// The library leaves the remedy out of its message; on the command line it is a flag, named here.
+    static func cliHint(for remedy: PEFTKitError.Remedy?) -> String {
+        switch remedy {
+        case .replaceExisting: " (use --force to replace it)"
+        case .allowNonFinite: " (--allow-non-finite to write it anyway)"
+        case nil: ""
         }
     }
 }

@@ -1,8 +1,7 @@
 import ArgumentParser
 import PEFTKit
 
-/// `peftkit unmerge MERGED ADAPTER --output DIR …`: the argument surface is final; the engine arrives with the
-/// unmerge issue.
+/// `peftkit unmerge MERGED ADAPTER --output DIR …`: the merge engine run in the unmerge direction.
 struct UnmergeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "unmerge",

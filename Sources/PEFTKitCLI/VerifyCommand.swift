@@ -1,7 +1,7 @@
 import ArgumentParser
 import PEFTKit
 
-/// `peftkit verify [PATH ...] [--json]`: the argument surface is final; the checks arrive with the fixtures issue.
+/// `peftkit verify [PATH ...] [--json]`: runs `FixtureVerifier` on each fixtures folder or case.
 struct VerifyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify",

@@ -10,14 +10,14 @@ import Glibc
 /// command installs it at start-up); without it, a shrinking file still kills the process.
 public enum BusErrorGuard {
     /// Whether a fault was absorbed at an address in `range` (a file's mapping).
-    public static func faulted(in range: Range<UInt>) -> Bool {
+    static func faulted(in range: Range<UInt>) -> Bool {
         guard installed else { return false }
         for i in 0..<min(faultCount, capacity) where range.contains(faultAddresses[i]) { return true }
         return false
     }
 
     /// Drops the faults recorded in `range`, when its mapping goes away (another mapping may reuse the addresses).
-    public static func forget(_ range: Range<UInt>) {
+    static func forget(_ range: Range<UInt>) {
         guard installed else { return }
         for i in 0..<capacity where range.contains(faultAddresses[i]) { faultAddresses[i] = 0 }
     }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CPeftKitSystem
 import Foundation
 
 /// Writes one safetensors file, tensor by tensor, without ever holding the whole file in memory.
@@ -36,9 +37,9 @@ public final class SafeTensorsWriter: @unchecked Sendable {
     private enum State { case open, finished, aborted }
 
     /// Creates the temporary file and writes the header.
-    /// - Parameters:
-    ///   - metadata: `__metadata__`; transformers requires `format: pt`, the default.
-    ///   - syncOnFinish: fsync the file and its folder before renaming (turn off only for scratch output).
+    /// - Parameter metadata: `__metadata__`; transformers requires `format: pt`, the default.
+    /// - Throws: SafeTensorsError when the specs cannot be laid out (a duplicate or reserved name, a size that
+    ///   overflows), `.io` when the temporary file cannot be created, its space reserved or its header written.
     public init(path: String, tensors: [TensorSpec],
                 metadata: [(key: String, value: String)]? = [("format", "pt")]) throws {
         self.path = path
@@ -112,6 +113,9 @@ public final class SafeTensorsWriter: @unchecked Sendable {
     }
 
     /// Checks that every tensor was written, syncs, and renames the file to its final name.
+    /// - Parameter sync: fsync the file before the rename and its folder after (turn off only for scratch output).
+    /// - Throws: SafeTensorsError `.writerIncomplete` when a tensor is short of bytes, `.io` when the sync or the
+    ///   rename fails (the temporary file is then removed).
     public func finish(sync: Bool = true) throws {
         lock.lock()
         defer { lock.unlock() }
@@ -162,16 +166,9 @@ public final class SafeTensorsWriter: @unchecked Sendable {
         }
     }
 
-    /// Whether the file lives on tmpfs (`fstatfs` type TMPFS_MAGIC). Swift's Glibc module does not include
-    /// <sys/statfs.h>, so the call is looked up at run time; on 64-bit Linux `f_type` is the first field of the
-    /// 120-byte `struct statfs`.
+    /// Whether the file lives on tmpfs; false when that cannot be told (fstatfs failed or does not exist).
     static func isMemoryBacked(_ descriptor: Int32) -> Bool {
-        typealias FStatFS = @convention(c) (Int32, UnsafeMutableRawPointer) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "fstatfs") else { return false }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 256, alignment: 8)
-        defer { buffer.deallocate() }
-        guard unsafeBitCast(symbol, to: FStatFS.self)(descriptor, buffer) == 0 else { return false }
-        return buffer.load(as: Int.self) == 0x0102_1994
+        peftkit_is_tmpfs(descriptor) == 1
     }
 
     static func split(_ path: String) -> (folder: String, name: String) {

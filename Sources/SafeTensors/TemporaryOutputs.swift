@@ -13,8 +13,9 @@ public final class TemporaryOutputs: @unchecked Sendable {
     private var paths: Set<String> = []
     private var interrupted = false
 
-    public func register(_ path: String) { lock.withLock { _ = paths.insert(path) } }
-    public func unregister(_ path: String) { lock.withLock { _ = paths.remove(path) } }
+    // `package`: only peftkit's own writers register what they write; apps just call `removeAll` on a signal.
+    package func register(_ path: String) { lock.withLock { _ = paths.insert(path) } }
+    package func unregister(_ path: String) { lock.withLock { _ = paths.remove(path) } }
 
     /// Whether `removeAll` has begun: the process is being interrupted, and failures other threads meet from now on
     /// (their files vanishing) are the interruption's doing.

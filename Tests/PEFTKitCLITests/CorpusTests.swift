@@ -5,6 +5,10 @@ import Testing
 import Glibc
 #endif
 
+/// How long one corpus run may take: generous, so a loaded CI machine passes; it guards against a hang (a refusal
+/// that loops or waits), it does not measure speed. Past it the child is killed.
+private let hangLimit: Double = 30
+
 /// One folder of Tests/Corpus (see its README): inputs, the command to run on them and what must happen.
 struct CorpusCase: Sendable, CustomTestStringConvertible {
     let name: String
@@ -102,12 +106,12 @@ struct CorpusTests {
         }
         let inputsBefore = listTree(testCase.folder)
 
-        let result = try await Subprocess.run(executable, testCase.arguments(output: output), timeout: 30)
+        let result = try await Subprocess.run(executable, testCase.arguments(output: output), timeout: hangLimit)
 
         let name = testCase.name
         #expect(result.ending == .exited(testCase.exit), "\(name): \(result.ending), standard error: \(result.standardError)")
         if case .exited(let status) = result.ending { #expect((1...125).contains(status)) }
-        #expect(result.seconds < 1.0, "\(name): took \(result.seconds) s")
+        #expect(result.seconds < hangLimit, "\(name): took \(result.seconds) s")
         // One clear message: a `peftkit: ` line, then only indented detail lines; nothing on standard output.
         let lines = result.standardError.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         #expect(result.standardError.hasSuffix("\n"), "\(name): standard error: \(result.standardError)")
@@ -135,9 +139,9 @@ struct CorpusTests {
         let work = makeTemporaryFolder()
         defer { try? FileManager.default.removeItem(atPath: work) }
         let output = work + "/out"
-        let result = try await Subprocess.run(executable, control.arguments(output: output), timeout: 30)
+        let result = try await Subprocess.run(executable, control.arguments(output: output), timeout: hangLimit)
         #expect(result.ending == .exited(0), "\(control.name): \(result.ending), standard error: \(result.standardError)")
-        #expect(result.seconds < 1.0, "\(control.name): took \(result.seconds) s")
+        #expect(result.seconds < hangLimit, "\(control.name): took \(result.seconds) s")
         guard control.command.contains("{output}") else { return }
         #expect(FileManager.default.fileExists(atPath: output))
         #expect(temporaryOutputs(in: work).isEmpty)

@@ -48,3 +48,15 @@ import Testing
     #expect(PeftkitCommand.errorLines(for: SafeTensorsError.trailingBytes(file: "m.safetensors", count: 3))
         == ["peftkit: m.safetensors: 3 trailing bytes after the last tensor"])
 }
+
+/// The library's message names no flag; the CLI adds the one that gets past the refusal, before any details.
+@Test func errorLinesNameTheFlagForARemedy() {
+    let exists = PEFTKitError(.io, file: "out", "already exists", remedy: .replaceExisting)
+    #expect(PeftkitCommand.errorLines(for: exists) == ["peftkit: out: already exists (use --force to replace it)"])
+    let nonFinite = PEFTKitError(.numerics, file: "out/model.safetensors", tensor: "w", "merged value is nan",
+                                 details: ["row 0"], remedy: .allowNonFinite)
+    #expect(PeftkitCommand.errorLines(for: nonFinite) == [
+        "peftkit: out/model.safetensors: 'w': merged value is nan (--allow-non-finite to write it anyway)",
+        "  - row 0",
+    ])
+}

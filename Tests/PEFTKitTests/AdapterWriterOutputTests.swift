@@ -24,7 +24,7 @@ import Testing
         try Data("precious".utf8).write(to: URL(fileURLWithPath: path))
         let error = try #require(peftkitError { try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions()) })
         #expect(error.kind == .io)
-        #expect(error.message.contains("--force"))
+        #expect(error.message == "already exists" && error.remedy == .replaceExisting)
         #expect(fileBytes(path) == Array("precious".utf8))
 
         try PeftkitFormat.write(adapter, to: path, options: AdapterWriteOptions(force: true))
@@ -40,6 +40,8 @@ import Testing
             try PeftkitFormat.write(adapter, to: join(scratch, "tiny-adapter"), options: AdapterWriteOptions(force: true))
         })
         #expect(error.kind == .io)
+        // Replacing was asked for already: there is no remedy to offer.
+        #expect(error.message.hasPrefix("is a folder") && error.remedy == nil)
     }
 
     @Test func peftkitWriterLeavesNothingBehindOnFailure() throws {

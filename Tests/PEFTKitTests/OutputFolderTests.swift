@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import PEFTKit
+import CPeftKitSystem
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,5 +41,33 @@ private let deadPID: Int32 = 99_999_999
         OutputFolder.removeStaleTemporaries(in: parent, for: "merged")
         let left = Set(try FileManager.default.contentsOfDirectory(atPath: parent))
         #expect(left == Set(kept), "removed: \(Set(stale + kept).subtracting(left).sorted()), kept: \(left.intersection(stale).sorted())")
+    }
+}
+
+/// The C shim behind `OutputFolder.publish`'s one-step swap of an old output for the new one.
+@Suite struct RenameExchangeTests {
+    @Test func swapsTwoPathsOrReportsThatItCannot() throws {
+        let parent = makeScratchFolder()
+        defer { try? FileManager.default.removeItem(atPath: parent) }
+        let first = parent + "/first", second = parent + "/second"
+        try "one".write(toFile: first, atomically: false, encoding: .utf8)
+        try "two".write(toFile: second, atomically: false, encoding: .utf8)
+        let status = peftkit_rename_exchange(first, second)
+        let code = errno
+        let contents = (try String(contentsOfFile: first, encoding: .utf8), try String(contentsOfFile: second, encoding: .utf8))
+        if status == 0 {
+            #expect(contents == ("two", "one"))
+        } else {
+            // A kernel or file system without RENAME_EXCHANGE: the caller falls back, so nothing may have moved.
+            #expect(status == -1 && [EINVAL, ENOSYS].contains(code))
+            #expect(contents == ("one", "two"))
+        }
+    }
+
+    @Test func aMissingPathIsAnError() {
+        let parent = makeScratchFolder()
+        defer { try? FileManager.default.removeItem(atPath: parent) }
+        #expect(peftkit_rename_exchange(parent + "/absent", parent) == -1)
+        #expect([ENOENT, ENOSYS].contains(errno))
     }
 }

@@ -84,7 +84,8 @@ private let lora = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4}"
         _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out"))
         Issue.record("existing output was overwritten")
     } catch let error as PEFTKitError {
-        #expect(error.kind == .io && error.localizedDescription.contains("--force"))
+        #expect(error.kind == .io && error.remedy == .replaceExisting)
+        #expect(error.localizedDescription.hasSuffix("already exists (replacing it must be asked for)"))
     }
     #expect(FileManager.default.fileExists(atPath: folder + "/out/precious.txt"))
     _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: folder + "/out",

@@ -84,3 +84,27 @@ import Testing
                                                     TensorSpec(name: "a", dtype: .f16, shape: [1])])
     }
 }
+
+/// The writer skips posix_fallocate on tmpfs only, so the check must tell tmpfs from other file systems.
+@Suite struct MemoryBackedTests {
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/dev/shm"), "needs Linux's /dev/shm tmpfs"))
+    func sharedMemoryIsMemoryBacked() throws {
+        let path = "/dev/shm/safetensors-tests-" + UUID().uuidString
+        let descriptor = open(path, O_RDWR | O_CREAT | O_EXCL, 0o600)
+        try #require(descriptor >= 0)
+        defer { close(descriptor); unlink(path) }
+        #expect(SafeTensorsWriter.isMemoryBacked(descriptor))
+    }
+
+    @Test(.enabled(if: FileManager.default.fileExists(atPath: "/proc/self/stat"), "needs Linux's procfs"))
+    func procfsIsNotMemoryBacked() throws {
+        let descriptor = open("/proc/self/stat", O_RDONLY)
+        try #require(descriptor >= 0)
+        defer { close(descriptor) }
+        #expect(!SafeTensorsWriter.isMemoryBacked(descriptor))
+    }
+
+    @Test func aClosedDescriptorIsNotMemoryBacked() {
+        #expect(!SafeTensorsWriter.isMemoryBacked(-1))
+    }
+}

@@ -1,4 +1,3 @@
-import CPeftKitZlib
 import Foundation
 
 #if canImport(Glibc)
@@ -53,26 +52,12 @@ struct ZipArchive {
     /// The entry's bytes, after checking them against the CRC-32 the central directory records.
     func contents(of entry: Entry) throws -> [UInt8] {
         let bytes = try reader.read(at: entry.dataOffset, count: entry.size, what: "entry '\(entry.name)'")
-        let computed = Self.crc32(of: bytes)
+        let computed = bytes.withUnsafeBytes { CRC32.checksum($0) }
         guard computed == entry.crc32 else {
             throw legacyError(file, "CRC mismatch in entry '\(entry.name)': "
                               + "recorded \(hex(entry.crc32)), computed \(hex(computed))")
         }
         return bytes
-    }
-
-    private static func crc32(of bytes: [UInt8]) -> UInt32 {
-        bytes.withUnsafeBufferPointer { buffer in
-            var crc = CPeftKitZlib.crc32(0, nil, 0)
-            var start = 0
-            // zlib takes a 32-bit length: feed it in chunks.
-            while start < buffer.count, let base = buffer.baseAddress {
-                let length = min(buffer.count - start, 1 << 30)
-                crc = CPeftKitZlib.crc32(crc, base + start, uInt(length))
-                start += length
-            }
-            return UInt32(truncatingIfNeeded: crc)
-        }
     }
 
     // MARK: End records

@@ -21,14 +21,14 @@ public struct TensorComparison: Sendable, Equatable {
     public var identicalFraction: Double { elements == 0 ? 1 : Double(elements - differing) / Double(elements) }
 }
 
-public enum Comparison {
+package enum Comparison {
     /// Compares `actual` to `expected`, both holding `count` elements of `dtype` (F32, BF16, F16 or F64).
     /// - Parameters:
     ///   - scale: optional values of the same dtype giving each element's operand magnitude (see `maxScaledULP`);
     ///     `beyondOneULP` counts elements beyond one scaled ulp.
     ///   - floorAtTensorMaximum: measure every element at no less than the tensor's largest magnitude (the policy for
     ///     32/64-bit outputs, whose last bits depend on the summation order of the BLAS library; spec/tolerance.md).
-    public static func compare(name: String, dtype: DType, count: Int, actual: UnsafeRawBufferPointer,
+    package static func compare(name: String, dtype: DType, count: Int, actual: UnsafeRawBufferPointer,
                                expected: UnsafeRawBufferPointer, scale: UnsafeRawBufferPointer? = nil,
                                floorAtTensorMaximum: Bool = false) -> TensorComparison {
         var differing = 0, beyond = 0, maxULP = 0
@@ -93,7 +93,7 @@ public enum Comparison {
     }
 
     /// The tolerance policy of spec/tolerance.md: whether a dtype is compared at the tensor's largest magnitude.
-    public static func floorsAtTensorMaximum(_ dtype: DType) -> Bool { dtype == .f32 || dtype == .f64 }
+    package static func floorsAtTensorMaximum(_ dtype: DType) -> Bool { dtype == .f32 || dtype == .f64 }
 
     /// Unmerge drift on F32/F64 (spec/tolerance.md §3): one ulp at the tensor's largest magnitude, for the order in
     /// which the BLAS library summed the change (PEFT's own merge → unmerge subtracts the very sum it added, peftkit
@@ -104,7 +104,7 @@ public enum Comparison {
     }
 
     /// The spacing of representable `dtype` values near `magnitude` (the size of one ulp there).
-    public static func ulp(at magnitude: Double, in dtype: DType) -> Double {
+    package static func ulp(at magnitude: Double, in dtype: DType) -> Double {
         let (mantissaBits, minimumExponent): (Int, Int) = switch dtype {
         case .bf16: (7, -126)
         case .f16: (10, -14)

@@ -1,3 +1,4 @@
+import CPeftKitSystem
 import Foundation
 import SafeTensors
 #if canImport(Glibc)
@@ -5,7 +6,7 @@ import Glibc
 #endif
 
 /// An output folder built under a temporary name beside its final place and renamed into place only when complete,
-/// so the final path is always either absent (or the old folder, with `--force`) or a complete result.
+/// so the final path is always either absent (or the old folder, with `force`) or a complete result.
 final class OutputFolder {
     let finalPath: String
     let temporaryPath: String
@@ -53,14 +54,10 @@ final class OutputFolder {
         TemporaryOutputs.shared.unregister(temporaryPath)
     }
 
-    /// Atomically swaps two paths with `renameat2(RENAME_EXCHANGE)` (Linux 3.15+), looked up at run time because
-    /// glibc declares it only under _GNU_SOURCE. False when unavailable or refused (then a two-step rename is used).
+    /// Atomically swaps two paths with `renameat2(RENAME_EXCHANGE)` (Linux 3.15+). False when unavailable or refused
+    /// (some file systems do not support it): then a two-step rename is used.
     private static func exchange(_ first: String, _ second: String) -> Bool {
-        typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
-        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "renameat2") else { return false }
-        let renameat2 = unsafeBitCast(symbol, to: RenameAt2.self)
-        let renameExchange: UInt32 = 1 << 1
-        return renameat2(AT_FDCWD, first, AT_FDCWD, second, renameExchange) == 0
+        peftkit_rename_exchange(first, second) == 0
     }
 
     /// Temporary folders for the same output whose process no longer runs were left by a crash: remove them.

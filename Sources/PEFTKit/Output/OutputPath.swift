@@ -20,13 +20,13 @@ enum OutputPath {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         guard force else {
-            throw PEFTKitError(.io, file: path, "already exists (use --force to replace it)")
+            throw PEFTKitError(.io, file: path, "already exists", remedy: .replaceExisting)
         }
         _ = FileManager.default.fileExists(atPath: path, isDirectory: &isFolder)
         if isFolder.boolValue != expectFolder {
             throw PEFTKitError(.io, file: path, isFolder.boolValue
-                ? "is a folder; refusing to replace it with a file even with --force"
-                : "is a file; refusing to replace it with a folder even with --force")
+                ? "is a folder; refusing to replace it with a file, even though replacing was asked for"
+                : "is a file; refusing to replace it with a folder, even though replacing was asked for")
         }
     }
 
@@ -79,8 +79,9 @@ enum OutputPath {
             }
             try? FileManager.default.removeItem(atPath: aside)
         } else {
-            // rename(2) replaces a file or an empty folder without a word, and Swift's Glibc does not expose
-            // renameat2(RENAME_NOREPLACE): check once more right before, which narrows the race to a moment.
+            // rename(2) replaces a file or an empty folder without a word: check once more right before, which
+            // narrows the race to a moment. (renameat2's RENAME_NOREPLACE would close it where the file system
+            // supports it; CPeftKitSystem has only RENAME_EXCHANGE so far.)
             guard lstat(target, &info) != 0 else {
                 throw PEFTKitError(.io, file: target, "appeared while the output was being written; not overwriting it")
             }

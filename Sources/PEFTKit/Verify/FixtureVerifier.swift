@@ -1,22 +1,22 @@
 import Foundation
 import SafeTensors
 
-/// One numeric check of one fixture case.
-public struct VerificationCheck: Sendable {
-    public let caseName: String
-    public let method: String
-    public let dtype: String
-    public let check: String
+/// One numeric check of one fixture case. `package`: for `peftkit verify` and the tests, not for apps.
+package struct VerificationCheck: Sendable {
+    package let caseName: String
+    package let method: String
+    package let dtype: String
+    package let check: String
     /// The largest absolute difference found.
-    public let maxAbsoluteError: Double
+    package let maxAbsoluteError: Double
     /// The measure the tolerance applies to (ulps at operand scale, or a ratio to an error bound).
-    public let measure: Double
-    public let tolerance: Double
-    public let unit: String
+    package let measure: Double
+    package let tolerance: Double
+    package let unit: String
     /// The tensor (or layer) where the measure is worst.
-    public let worst: String?
+    package let worst: String?
 
-    public var passed: Bool { measure <= tolerance }
+    package var passed: Bool { measure <= tolerance }
 }
 
 /// Checks peftkit against the reference outputs HF PEFT produced for a fixture case (fixtures/README.md, spec/tolerance.md):
@@ -25,12 +25,13 @@ public struct VerificationCheck: Sendable {
 /// 2. layer outputs: peftkit's merged layers applied to the stored inputs X, against PEFT's own *unmerged* forward
 ///    Y — proving the merge equals the adapter's computation, not just PEFT's merge code;
 /// 3. unmerge drift: peftkit's unmerge of PEFT's merged weights, against PEFT's own merge-then-unmerge drift.
-public enum FixtureVerifier {
-    public static let manifestName = "manifest.json"
+package enum FixtureVerifier {
+    package static let manifestName = "manifest.json"
 
     /// Case folders under `paths`: a folder with a manifest is a case; otherwise its subfolders (two levels down) are
     /// searched, so `fixtures` finds `fixtures/cases/*`.
-    public static func findCases(_ paths: [String]) throws -> [String] {
+    /// - Throws: PEFTKitError (kind `io`) when a path does not exist, (kind `invalidConfig`) when a path holds no case.
+    package static func findCases(_ paths: [String]) throws -> [String] {
         var cases: [String] = []
         func search(_ folder: String, depth: Int) {
             if FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent(manifestName)) {
@@ -95,8 +96,12 @@ public enum FixtureVerifier {
         }
     }
 
-    /// Runs every check of one case. Throws only when the fixture itself cannot be read or is inconsistent.
-    public static func verify(caseFolder: String) throws -> [VerificationCheck] {
+    /// Runs every check of one case; a check that fails is a row with `passed == false`, not an error.
+    /// - Throws: only when the fixture itself cannot be read or is inconsistent: PEFTKitError (kind `invalidConfig`
+    ///   for a malformed manifest, `inconsistentAdapter` when the reference files disagree with the manifest or the
+    ///   merge, or any kind `MergeEngine.run` throws), SafeTensorsError for an unreadable checkpoint, or a Foundation
+    ///   error when the scratch folder cannot be made.
+    package static func verify(caseFolder: String) throws -> [VerificationCheck] {
         let manifest = try Manifest(folder: caseFolder)
         let file = { (name: String) in (caseFolder as NSString).appendingPathComponent(name) }
         let scratch = NSTemporaryDirectory() + "peftkit-verify-\(getpid())-\(UUID().uuidString)"

@@ -1,7 +1,7 @@
 import CPeftKitZlib
 
-/// CRC-32 (the IEEE polynomial of zlib, gzip and ZIP) over tensor bytes, as the peftkit format and its base
-/// fingerprint use it.
+/// CRC-32 (the IEEE polynomial of zlib, gzip and ZIP), the one implementation behind the peftkit format's tensor
+/// checks, the base fingerprint and the legacy ZIP reader's entry checks.
 enum CRC32 {
     /// zlib's `crc32` takes a 32-bit length, so longer buffers are fed in pieces of this size.
     static let chunkSize = 1 << 30
