@@ -232,7 +232,8 @@ struct MergePlan: Sendable {
             let values = try tensor.floats()
             if let bad = values.firstIndex(where: { !$0.isFinite }) {
                 throw PEFTKitError(.numerics, file: adapter.source, tensor: tensor.name,
-                                   "element \(bad) is \(values[bad]); merging would spread it")
+                                   "element \(bad) is \(values[bad]); merging would spread it",
+                                   remedy: .allowNonFinite)
             }
         }
     }

@@ -193,7 +193,8 @@ final class TensorWriter {
         for (i, value) in values.enumerated() where !(value.magnitude < limit) {
             let what = value.isFinite ? "\(value), beyond the largest \(tensor.outputDType.rawValue)" : "\(value)"
             throw PEFTKitError(.numerics, tensor: tensor.name,
-                               "merged value at [\(firstRow + i / columns), \(i % columns)] is \(what)")
+                               "merged value at [\(firstRow + i / columns), \(i % columns)] is \(what)",
+                               remedy: .allowNonFinite)
         }
     }
 
