@@ -24,10 +24,12 @@ struct ConvertCommand: AsyncParsableCommand {
               peftkit convert ./my-lora --to peftkit -o my-lora.safetensors --base ./base
               peftkit convert ./old-lora-with-bin --to peft --output ./my-lora
               peftkit convert my-lora.safetensors --to peft --output ./my-lora
+              peftkit convert ./my-lora --to mlx -o ./my-lora-mlx      (mlx-lm: load_adapters)
             """
     )
 
-    @Argument(help: ArgumentHelp("The adapter: a PEFT folder or a peftkit file.", valueName: "adapter"))
+    @Argument(help: ArgumentHelp("The adapter: a PEFT folder, a peftkit file or an mlx-lm adapter folder.",
+                                 valueName: "adapter"))
     var adapter: String
 
     @Option(help: ArgumentHelp("The format to write: \(AdapterFormatChoice.allValueStrings.joined(separator: " or ")).",
@@ -73,6 +75,6 @@ struct ConvertCommand: AsyncParsableCommand {
         }
         Console.current.output("converted \(TerminalText.escaped(adapter)) (\(loaded.config.peftType) \(loaded.variant), "
             + "\(loaded.modules.count) modules, \(loaded.allTensors.count) tensors) → \(TerminalText.escaped(output.output)) "
-            + "as \(to.name == "peft" ? "a PEFT folder" : "a \(to.name) file")\(fingerprintNote)\n")
+            + "as \(to.format.id)\(fingerprintNote)\n")
     }
 }

@@ -4,7 +4,7 @@ import Testing
 @testable import PEFTKit
 
 /// Every tensor of two safetensors files (read with Foundation only), compared by name, dtype, shape and bytes.
-private func expectSameTensors(_ actualPath: String, _ expectedPath: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+func expectSameTensors(_ actualPath: String, _ expectedPath: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
     let actual = try LegacyExpectedTensors(contentsOf: URL(fileURLWithPath: actualPath))
     let expected = try LegacyExpectedTensors(contentsOf: URL(fileURLWithPath: expectedPath))
     #expect(actual.tensors.keys.sorted() == expected.tensors.keys.sorted(), sourceLocation: sourceLocation)

@@ -49,6 +49,7 @@ public struct AdapterWriteOptions: Sendable {
 public enum FormatRegistry {
     public static let all: [any AdapterFormat.Type] = [
         PeftkitFormat.self,
+        MLXFormat.self,
         PEFTFolderFormat.self,
         PEFTLegacyBinFormat.self,
     ]

@@ -1,0 +1,203 @@
+import Foundation
+import SafeTensors
+
+/// An mlx-lm LoRA adapter folder: `adapter_config.json` (`fine_tune_type`, `num_layers`,
+/// `lora_parameters {rank, scale, dropout, keys}`) and `adapters.safetensors`, whose keys are the model's module paths
+/// (`model.layers.0.self_attn.q_proj.lora_a`). mlx-lm computes `y = W·x + scale · (x · lora_a) · lora_b`, so
+/// lora_a = Aᵀ (in × r) and lora_b = Bᵀ (r × out) of PEFT's A and B (for an embedding, lora_a = lora_embedding_Aᵀ,
+/// lora_b = lora_embedding_Bᵀ); no Q/K permutation.
+///
+/// mlx-lm has one rank and one scale per adapter. Written exactly anyway: modules of smaller rank are padded with
+/// zeros to the largest (a zero term adds exactly nothing), and a module whose scale differs from the adapter's by a
+/// power of two has that factor folded into lora_b (exact). Other differences would round, and are refused. The keys
+/// name every module by its full path, which mlx-lm matches at the model level wherever the module sits, so
+/// `num_layers` (-1) restricts nothing.
+public enum MLXFormat: AdapterFormat {
+    public static let id = "mlx-lm"
+    public static let writeName: String? = "mlx"
+    public static let summary = "mlx-lm adapter folder (adapters.safetensors)"
+
+    public static let configFileName = "adapter_config.json"
+    public static let weightsFileName = "adapters.safetensors"
+
+    static let sourceFormat = SourceFormat(id: id, description: "mlx-lm adapter folder")
+
+    /// The folder `path` is or lies in, when it holds mlx-lm's two files and the config is mlx-lm's (it has
+    /// `lora_parameters` or `fine_tune_type`, which PEFT's never has).
+    static func folder(of path: String) -> String? {
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return nil }
+        let folder = isFolder.boolValue ? path : ((path as NSString).deletingLastPathComponent.isEmpty
+                                                  ? "." : (path as NSString).deletingLastPathComponent)
+        let file = { (name: String) in (folder as NSString).appendingPathComponent(name) }
+        guard FileManager.default.fileExists(atPath: file(weightsFileName)),
+              let config = try? AdapterLoader.readJSON(file(configFileName)),
+              config["lora_parameters"] != nil || config["fine_tune_type"] != nil else { return nil }
+        return folder
+    }
+
+    public static func claims(_ path: String) throws -> Bool { folder(of: path) != nil }
+
+    // MARK: Reading
+
+    public static func read(_ path: String) throws -> Adapter {
+        let folder = folder(of: path) ?? path
+        let configPath = (folder as NSString).appendingPathComponent(configFileName)
+        let weightsPath = (folder as NSString).appendingPathComponent(weightsFileName)
+        let json = try AdapterLoader.readJSON(configPath)
+        let fineTuneType = json["fine_tune_type"]?.stringValue ?? "lora"
+        guard fineTuneType == "lora" else {
+            throw PEFTKitError(.unsupported, file: configPath, "not supported yet: mlx-lm fine_tune_type '\(fineTuneType)' "
+                               + "(peftkit reads mlx-lm LoRA adapters)")
+        }
+        guard let parameters = json["lora_parameters"],
+              let rank = parameters["rank"]?.integerValue, rank > 0, rank <= Int64(Int32.max),
+              let scale = parameters["scale"]?.doubleValue, scale.isFinite else {
+            throw PEFTKitError(.invalidConfig, file: configPath,
+                               "'lora_parameters' needs a positive integer 'rank' and a finite number 'scale'")
+        }
+
+        let weights = try SafeTensorsFile(path: weightsPath)
+        var tensors: [StoredTensor] = []
+        var targets = Set<String>()
+        for info in weights.tensors {
+            let isA = info.name.hasSuffix(".lora_a"), isB = info.name.hasSuffix(".lora_b")
+            guard isA || isB, info.shape.count == 2 else {
+                throw PEFTKitError(.inconsistentAdapter, file: weightsPath, tensor: info.name,
+                                   "not an mlx-lm LoRA tensor (a matrix named <module>.lora_a or <module>.lora_b)")
+            }
+            let module = String(info.name.dropLast(7))
+            let embedding = MergePlan.isInputEmbedding(module + ".weight")
+            let role = isA ? (embedding ? LoRA.embeddingA : LoRA.a) : (embedding ? LoRA.embeddingB : LoRA.b)
+            let view = StoredTensor(view: try weights.view(info))
+            tensors.append(try transposed(view, name: PEFTKeys.prefix + module + "." + role.rawValue))
+            targets.insert(String(module.split(separator: ".").last ?? Substring(module)))
+        }
+        // PEFT's scaling is alpha / r: alpha = scale · r gives back mlx-lm's scale.
+        let config = JSONValue.object([
+            ("base_model_name_or_path", .null),
+            ("lora_alpha", .finite(scale * Double(rank))),
+            ("peft_type", .string("LORA")),
+            ("r", .integer(rank)),
+            ("target_modules", .array(targets.sorted().map { .string($0) })),
+        ])
+        return try PEFTKeys.adapter(config: try PEFTConfig.parse(config, source: configPath), tensors: tensors,
+                                    source: weightsPath, format: sourceFormat)
+    }
+
+    // MARK: Writing
+
+    public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
+        let plan = try layout(adapter, path: path)
+        let folder = try OutputFolder(finalPath: path, force: options.force)
+        let config = JSONValue.object([
+            ("fine_tune_type", .string("lora")),
+            ("num_layers", .integer(-1)),
+            ("lora_parameters", .object([
+                ("rank", .integer(Int64(plan.rank))),
+                ("scale", .finite(plan.scale)),
+                ("dropout", .finite(0)),
+                ("keys", .array(adapter.modules.map { .string($0.path) })),
+            ])),
+        ])
+        try OutputPath.writeFile(folder.path(of: configFileName), contents: Array((config.prettyText(indent: 2) + "\n").utf8),
+                                 reportedAs: path)
+        let writer = try SafeTensorsWriter(path: folder.path(of: weightsFileName),
+                                           tensors: plan.tensors.map { TensorSpec(name: $0.name, dtype: $0.dtype, shape: $0.shape) },
+                                           metadata: [("format", "mlx")])
+        do {
+            for tensor in plan.tensors { try tensor.withBytes { try writer.write(tensor.name, bytes: $0) } }
+            try writer.finish()
+        } catch {
+            writer.abort()
+            throw error
+        }
+        try folder.publish()
+    }
+
+    /// The one rank and scale of the written adapter, and its tensors under mlx-lm's names, padded and folded.
+    /// - Throws: `.unsupported` for what mlx-lm cannot express exactly.
+    private static func layout(_ adapter: Adapter, path: String) throws -> (rank: Int, scale: Double, tensors: [StoredTensor]) {
+        guard let lora = adapter.method as? LoRA else {
+            throw PEFTKitError(.unsupported, file: adapter.source,
+                               "mlx-lm adapters are LoRA; this is \(adapter.config.peftType), which mlx-lm cannot express")
+        }
+        var refusals: [String] = []
+        if lora.loraBias { refusals.append("lora_bias (mlx-lm's LoRA has no bias)") }
+        if lora.fanInFanOut { refusals.append("fan_in_fan_out (Conv1D weights; mlx-lm's layers are Linear)") }
+        if !adapter.carried.isEmpty {
+            refusals.append("whole tensors carried by the adapter (\(adapter.carried.map(\.baseName).joined(separator: ", ")))")
+        }
+        guard refusals.isEmpty, !adapter.modules.isEmpty else {
+            throw PEFTKitError(.unsupported, file: adapter.source, "an mlx-lm adapter cannot express "
+                               + (refusals.isEmpty ? "an adapter without LoRA modules" : refusals.joined(separator: "; ")))
+        }
+        let rank = adapter.modules.map(\.rank).max()!
+        // The scale most modules have; ties go to the largest, so that folded factors are ≤ 1 (no overflow).
+        let counts = Dictionary(grouping: adapter.modules, by: \.scaling).mapValues(\.count)
+        let scale = counts.max { ($0.value, $0.key) < ($1.value, $1.key) }!.key
+        var tensors: [StoredTensor] = []
+        var inexact: [String] = []
+        for module in adapter.modules {
+            let factor = module.scaling / scale
+            guard factor > 0, factor.significandBitPattern == 0 else {
+                inexact.append("\(module.path) (scaling \(module.scaling))")
+                continue
+            }
+            let (aRole, bRole) = module.kind == .embedding ? (LoRA.embeddingA, LoRA.embeddingB) : (LoRA.a, LoRA.b)
+            let a = module.tensors[aRole]!, b = module.tensors[bRole]!
+            tensors.append(try padded(transposed(a, name: module.path + ".lora_a"), columns: rank, scale: 1)!)  // scale 1 never fails
+            guard let folded = try padded(transposed(b, name: module.path + ".lora_b"), rows: rank, scale: Float(factor)) else {
+                inexact.append("\(module.path) (scaling \(module.scaling): folding ×\(factor) into lora_b leaves its dtype's range)")
+                continue
+            }
+            tensors.append(folded)
+        }
+        guard inexact.isEmpty else {
+            throw PEFTKitError(.unsupported, file: adapter.source,
+                               "mlx-lm has one scale per adapter (\(scale) here); these modules' scales differ from it by a "
+                               + "factor that is not a power of two, and folding it into lora_b would round. Convert to peft "
+                               + "or peftkit instead", details: inexact)
+        }
+        return (rank, scale, tensors)
+    }
+
+    /// The transpose of a matrix, in memory, under `name`.
+    static func transposed(_ tensor: StoredTensor, name: String) throws -> StoredTensor {
+        let rows = tensor.shape[0], columns = tensor.shape[1], size = tensor.dtype.bitWidth / 8
+        var bytes = [UInt8](repeating: 0, count: tensor.byteCount)
+        try tensor.withBytes { source in
+            for r in 0..<rows {
+                for c in 0..<columns {
+                    for k in 0..<size { bytes[(c * rows + r) * size + k] = source[(r * columns + c) * size + k] }
+                }
+            }
+        }
+        return StoredTensor(name: name, dtype: tensor.dtype, shape: [columns, rows], bytes: bytes)
+    }
+
+    /// `tensor` with zero columns (or rows) appended up to `columns` (`rows`), each value multiplied by `scale` (a
+    /// power of two); nil when that is not exact in the tensor's dtype (overflow or underflow).
+    static func padded(_ tensor: StoredTensor, columns: Int? = nil, rows: Int? = nil, scale: Float) throws -> StoredTensor? {
+        let (height, width) = (tensor.shape[0], tensor.shape[1])
+        let newHeight = rows ?? height, newWidth = columns ?? width
+        if newHeight == height && newWidth == width && scale == 1 { return tensor }
+        var values = try tensor.floats()
+        if scale != 1 {
+            let scaled = values.map { $0 * scale }
+            guard zip(scaled, values).allSatisfy({ $1 == 0 || ($0 / scale == $1 && $0.isNormal == $1.isNormal) }) else { return nil }
+            values = scaled
+        }
+        var out = [Float](repeating: 0, count: newHeight * newWidth)
+        for r in 0..<height { for c in 0..<width { out[r * newWidth + c] = values[r * width + c] } }
+        var bytes = [UInt8](repeating: 0, count: out.count * tensor.dtype.bitWidth / 8)
+        _ = bytes.withUnsafeMutableBytes { raw in out.withUnsafeBufferPointer { Codec.encode($0, as: tensor.dtype, into: raw) } }
+        // Every value came from this dtype and was scaled by a power of two it can hold: encoding must round nothing.
+        let back = [Float](unsafeUninitializedCapacity: out.count) { buffer, count in
+            bytes.withUnsafeBytes { Codec.decode($0, as: tensor.dtype, into: buffer) }
+            count = out.count
+        }
+        guard back == out else { return nil }
+        return StoredTensor(name: tensor.name, dtype: tensor.dtype, shape: [newHeight, newWidth], bytes: bytes)
+    }
+}

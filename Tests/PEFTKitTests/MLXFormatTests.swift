@@ -1,0 +1,99 @@
+import Foundation
+import Testing
+import SafeTensors
+@testable import PEFTKit
+
+/// A two-module LoRA adapter on a 2-layer-shaped toy: q_proj r = 1 (rank_pattern) and k_proj r = 2, alpha 2, so
+/// their scalings are 2 and 1 — different ranks and scales, as mlx-lm's one rank and one scale cannot hold directly.
+private func patternedAdapter(in folder: String) throws -> String {
+    let adapter = folder + "/peft"
+    try FileManager.default.createDirectory(atPath: adapter, withIntermediateDirectories: true)
+    try Data("""
+        {"lora_alpha": 2, "peft_type": "LORA", "r": 2, "rank_pattern": {"q_proj": 1},
+         "target_modules": ["q_proj", "k_proj"]}
+        """.utf8).write(to: URL(fileURLWithPath: adapter + "/adapter_config.json"))
+    let prefix = "base_model.model.model.layers.0.self_attn."
+    try writeSafetensors(adapter + "/adapter_model.safetensors", [
+        (prefix + "q_proj.lora_A.weight", .f32, [1, 3], float32Bytes([1, 2, 3])),
+        (prefix + "q_proj.lora_B.weight", .f32, [2, 1], float32Bytes([0.5, -1])),
+        (prefix + "k_proj.lora_A.weight", .f32, [2, 3], float32Bytes([1, 0, -1, 2, 2, 2])),
+        (prefix + "k_proj.lora_B.weight", .f32, [2, 2], float32Bytes([1, 2, 3, 4])),
+    ])
+    return adapter
+}
+
+private func values(_ path: String, _ name: String) throws -> (shape: [Int], values: [Float]) {
+    let file = try SafeTensorsFile(path: path)
+    let view = try file.view(try #require(file.info(name)))
+    return (view.info.shape, floats(view))
+}
+
+@Test func mlxLayoutTransposesPadsAndFoldsExactly() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let adapter = try AdapterLoader.load(try patternedAdapter(in: folder))
+    try MLXFormat.write(adapter, to: folder + "/mlx", options: AdapterWriteOptions())
+
+    let config = try AdapterLoader.readJSON(folder + "/mlx/adapter_config.json")
+    #expect(config["fine_tune_type"] == .string("lora"))
+    #expect(config["lora_parameters"]?["rank"] == .integer(2))
+    // Tie between the two scalings: the larger (2) is the adapter's, k_proj's 1 is folded into its lora_b as × 0.5.
+    #expect(config["lora_parameters"]?["scale"]?.doubleValue == 2)
+    let weights = folder + "/mlx/adapters.safetensors"
+    let q = "model.layers.0.self_attn.q_proj", k = "model.layers.0.self_attn.k_proj"
+    // lora_a = Aᵀ (in × r), padded with a zero column to r = 2; lora_b = Bᵀ (r × out), padded with a zero row.
+    #expect(try values(weights, q + ".lora_a") == ([3, 2], [1, 0, 2, 0, 3, 0]))
+    #expect(try values(weights, q + ".lora_b") == ([2, 2], [0.5, -1, 0, 0]))
+    #expect(try values(weights, k + ".lora_a") == ([3, 2], [1, 2, 0, 2, -1, 2]))
+    #expect(try values(weights, k + ".lora_b") == ([2, 2], [0.5, 1.5, 1, 2]))
+
+    // Read back, the adapter computes the same s · B · A for every module: merging either gives the same bytes.
+    let back = try AdapterLoader.load(folder + "/mlx")
+    #expect(back.format.id == MLXFormat.id)
+    try writeSafetensors(folder + "/base.safetensors", [
+        (q + ".weight", .f32, [2, 3], float32Bytes([1, 1, 1, 1, 1, 1])),
+        (k + ".weight", .f32, [2, 3], float32Bytes([0, 0, 0, 0, 0, 0])),
+    ])
+    for (name, source) in [("from-peft", folder + "/peft"), ("from-mlx", folder + "/mlx")] {
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/base.safetensors", adapters: [source], output: folder + "/" + name))
+    }
+    for name in [q + ".weight", k + ".weight"] {
+        #expect(try values(folder + "/from-mlx/base.safetensors", name) == values(folder + "/from-peft/base.safetensors", name))
+    }
+    // q: W + 2 · B·A = 1 + 2 · [0.5, −1]ᵀ [1, 2, 3].
+    #expect(try values(folder + "/from-mlx/base.safetensors", q + ".weight").values == [2, 3, 4, -1, -3, -5])
+}
+
+@Test func mlxRoundTripOfAPEFTFixtureKeepsEveryTensorByte() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let original = fixtureCases + "/lora-llama-f32/adapter"
+    try MLXFormat.write(try AdapterLoader.load(original), to: folder + "/mlx", options: AdapterWriteOptions())
+    try PEFTFolderFormat.write(try AdapterLoader.load(folder + "/mlx"), to: folder + "/peft", options: AdapterWriteOptions())
+    try expectSameTensors(folder + "/peft/adapter_model.safetensors", original + "/adapter_model.safetensors")
+}
+
+@Test func mlxRefusesWhatItCannotExpress() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    // rsLoRA with patterns: scalings 16/√8, 16/√4 = 8 and 7/√8 differ by factors that are not powers of two.
+    let rslora = try AdapterLoader.load(fixtureCases + "/lora-rslora-patterns-llama-bf16/adapter")
+    let scales = peftkitError { try MLXFormat.write(rslora, to: folder + "/a", options: AdapterWriteOptions()) }
+    #expect(scales?.kind == .unsupported)
+    #expect(scales?.message.contains("one scale per adapter") == true)
+    #expect(scales?.details.contains { $0.contains("q_proj (scaling 8.0)") } == true)
+    for (name, fragment) in [("lora-bias-opt-f32", "lora_bias"), ("lora-embed-mts-llama-bf16", "carried"),
+                             ("bone-llama-f32", "this is BONE"), ("lora-fanin-gpt2-f16", "fan_in_fan_out")] {
+        let adapter = try AdapterLoader.load(fixtureCases + "/\(name)/adapter")
+        let error = peftkitError { try MLXFormat.write(adapter, to: folder + "/" + name, options: AdapterWriteOptions()) }
+        #expect(error?.kind == .unsupported, "\(name)")
+        #expect(error?.message.contains(fragment) == true, "\(name): \(error?.message ?? "no error")")
+        #expect(!FileManager.default.fileExists(atPath: folder + "/" + name))
+    }
+    // mlx-lm's DoRA is not a method peftkit has yet.
+    try FileManager.default.createDirectory(atPath: folder + "/dora", withIntermediateDirectories: true)
+    try Data(#"{"fine_tune_type": "dora", "lora_parameters": {"rank": 2, "scale": 1}}"#.utf8)
+        .write(to: URL(fileURLWithPath: folder + "/dora/adapter_config.json"))
+    try writeSafetensors(folder + "/dora/adapters.safetensors", [("model.x.lora_a", .f32, [1, 2], float32Bytes([1, 2]))])
+    #expect(peftkitError { _ = try AdapterLoader.load(folder + "/dora") }?.message.contains("fine_tune_type 'dora'") == true)
+}
