@@ -176,3 +176,38 @@ func badConfigsAreRefusedNamingTheField(config: String, fragment: String) throws
     #expect(try readTensor(folder + "/out", "model.embed_tokens.weight").values == embedding)
     #expect(try AdapterLoader.readJSON(folder + "/out/config.json")["tie_word_embeddings"] == .bool(false))
 }
+
+/// Every LoraConfig field that changes the merge either works or is refused by name (exit 4): inits that rewrote the
+/// base, LoRA variants peftkit lacks, and fields it does not know.
+@Test(arguments: [
+    ("\"init_lora_weights\": \"pissa\"", "init_lora_weights \"pissa\" rewrote the base weights"),
+    ("\"init_lora_weights\": \"pissa_niter_4\"", "init_lora_weights \"pissa_niter_4\" rewrote the base weights"),
+    ("\"init_lora_weights\": \"olora\"", "path_initial_model_for_weight_conversion"),
+    ("\"init_lora_weights\": \"corda\"", "init_lora_weights \"corda\" rewrote"),
+    ("\"init_lora_weights\": \"loftq\"", "init_lora_weights \"loftq\" rewrote"),
+    ("\"init_lora_weights\": \"mica\"", "init_lora_weights \"mica\" (peftkit knows true, false, \"eva\", \"gaussian\", \"orthogonal\")"),
+    ("\"kasa_config\": {\"beta\": 1}", "KaSA"),
+    ("\"ensure_weight_tying\": true", "ensure_weight_tying"),
+    ("\"megatron_config\": {\"tp\": 2}", "megatron_config"),
+    ("\"use_bdlora\": {\"nblocks\": 2}", "use_bdlora"),
+    ("\"some_future_option\": 3", "LoRA config field 'some_future_option' is set"),
+])
+func loraOptionsThatChangeTheMergeAreRefused(field: String, fragment: String) throws {
+    let config = "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \(field)}"
+    do {
+        _ = try PEFTConfig.parse(try StrictJSON.parse(Array(config.utf8), source: "c"), source: "c")
+        Issue.record("accepted \(config)")
+    } catch let error as PEFTKitError {
+        #expect(error.kind == .unsupported, "\(config)")
+        #expect(error.localizedDescription.contains(fragment), "\(error.localizedDescription)")
+    }
+}
+
+/// What only chose the starting A and B, or is bookkeeping, or is off, is accepted.
+@Test(arguments: ["\"init_lora_weights\": \"gaussian\"", "\"init_lora_weights\": \"eva\", \"eva_config\": {\"rho\": 2}",
+                  "\"init_lora_weights\": \"orthogonal\"", "\"init_lora_weights\": false", "\"ensure_weight_tying\": false",
+                  "\"megatron_core\": \"megatron.core\", \"loftq_config\": {}", "\"some_future_option\": null"])
+func loraOptionsThatDoNotChangeTheMergeAreAccepted(field: String) throws {
+    let config = "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \(field)}"
+    #expect(throws: Never.self) { _ = try PEFTConfig.parse(try StrictJSON.parse(Array(config.utf8), source: "c"), source: "c") }
+}

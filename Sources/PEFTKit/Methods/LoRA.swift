@@ -34,6 +34,9 @@ public struct LoRA: AdapterMethod {
     public let loraBias: Bool
     public var variant: String { "default" }
 
+    // Every field PEFT's LoraConfig (0.18 to 0.21) and PeftConfig write is in exactly one of the three lists below or
+    // read by `init`; a field in none of them that is set is refused, since peftkit cannot tell what it does.
+
     /// Options that change what a merge must compute and that peftkit does not implement yet.
     static let unsupportedOptions: [(key: String, what: String)] = [
         ("use_dora", "DoRA (use_dora)"),
@@ -43,11 +46,41 @@ public struct LoRA: AdapterMethod {
         ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)"),
         ("arrow_config", "Arrow routing"),
         ("use_qalora", "QA-LoRA"),
+        ("megatron_config", "Megatron parallel layers (megatron_config)"),
+        ("velora_config", "VeLoRA (velora_config)"),
+        ("monteclora_config", "MonteCLoRA (monteclora_config)"),
+        ("use_bdlora", "block-diagonal LoRA (use_bdlora)"),
+        ("kasa_config", "KaSA, which truncates the base weight's singular values (kasa_config)"),
+        ("ensure_weight_tying", "adapters tied across tied layers (ensure_weight_tying)"),
+    ]
+
+    /// Fields that do not change the merged weights: bookkeeping, training-only settings, which modules were
+    /// targeted (the saved tensors say that), and the configs of inits `initWeights` judges.
+    static let mathNeutralFields: Set<String> = [
+        "peft_type", "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision",
+        "inference_mode", "target_modules", "exclude_modules", "layers_to_transform", "layers_pattern", "modules_to_save",
+        "bias", "lora_dropout", "megatron_core", "runtime_config", "qalora_group_size", "loftq_config", "eva_config",
+        "corda_config", "lora_ga_config",
+    ]
+
+    /// `init_lora_weights` values that only choose the starting A and B: the merge is W + s·B·A whatever they were.
+    static let plainInits: Set<String> = ["gaussian", "eva", "orthogonal"]
+
+    /// Fields `init` reads itself.
+    static let readFields: Set<String> = [
+        "r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "lora_bias", "init_lora_weights",
     ]
 
     public init(config json: JSONValue, source: String, problems: inout [String]) throws {
         for option in Self.unsupportedOptions where PEFTConfig.isSet(json[option.key]) {
             throw PEFTKitError(.unsupported, file: source, "not supported yet: \(option.what)")
+        }
+        try Self.checkInit(json["init_lora_weights"], source: source)
+        let known = Self.mathNeutralFields.union(Self.readFields).union(Self.unsupportedOptions.map(\.key))
+        if let unknown = json.objectValue?.first(where: { !known.contains($0.key) && PEFTConfig.isSet($0.value) }) {
+            throw PEFTKitError(.unsupported, file: source,
+                               "not supported: LoRA config field '\(unknown.key)' is set, and peftkit cannot tell whether it "
+                               + "changes the merge (a newer PEFT?)")
         }
         rank = PEFTConfig.positiveInteger(json, "r", required: true, &problems) ?? 1
         alpha = PEFTConfig.number(json, "lora_alpha", required: true, &problems) ?? 1
@@ -75,6 +108,27 @@ public struct LoRA: AdapterMethod {
         useRSLoRA = PEFTConfig.flag(json, "use_rslora", &problems)
         fanInFanOut = PEFTConfig.flag(json, "fan_in_fan_out", &problems)
         loraBias = PEFTConfig.flag(json, "lora_bias", &problems)
+    }
+
+    /// Refuses inits that rewrote the base weights before training (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA …): the
+    /// adapter then belongs to a residual base, not to the one on disk, and W + s·B·A of the original is wrong.
+    private static func checkInit(_ value: JSONValue?, source: String) throws {
+        switch value {
+        case nil, .null?, .bool?: return
+        case .string(let name)? where plainInits.contains(name): return
+        case .string(let name)?:
+            let known = ["pissa", "olora", "corda", "loftq", "lora_ga"].contains(name) || name.hasPrefix("pissa_niter_")
+            throw PEFTKitError(.unsupported, file: source, known
+                ? "not supported yet: init_lora_weights \"\(name)\" rewrote the base weights before training, so the "
+                  + "adapter belongs to a residual of the base, not to the base itself. Have PEFT convert it to a plain "
+                  + "LoRA of the original base (save_pretrained with path_initial_model_for_weight_conversion), then "
+                  + "merge that"
+                : "not supported: init_lora_weights \"\(name)\" (peftkit knows true, false, "
+                  + plainInits.sorted().map { "\"\($0)\"" }.joined(separator: ", ") + ")")
+        case let other?:
+            throw PEFTKitError(.invalidConfig, file: source,
+                               "field 'init_lora_weights' is \(PEFTConfig.describe(other)); expected true, false or a name")
+        }
     }
 
     // MARK: Per-module parameters
