@@ -642,8 +642,8 @@ def adapter_cases():
                config_bytes=b'{"peft_type":"LORA","r":2,"r":64,"lora_alpha":4}')
     merge_case("config-trailing-comma", "adapter_config.json has a trailing comma", 2, "not strict JSON",
                config_bytes=b'{"peft_type":"LORA","r":2,"lora_alpha":4,}')
-    merge_case("config-dora", "the config asks for DoRA, which changes the math", 4, "not supported yet: DoRA",
-               config=lora_config(use_dora=True))
+    merge_case("config-dora", "the config asks for DoRA but the adapter has no magnitude vectors", 2,
+               "missing tensor 'lora_magnitude_vector'", config=lora_config(use_dora=True))
     merge_case("missing-tensor", "lora_B is missing", 2, "missing tensor 'lora_B.weight'",
                tensors=lora_tensors()[:1])
     merge_case("extra-tensor", "a lora_C tensor PEFT never writes", 2, "is not part of a LORA adapter",

@@ -16,8 +16,9 @@ func mergeMatchesPEFT(_ name: String) throws {
     let comparisons = try compareCheckpoints(actual: folder + "/merged", expected: caseFolder + "/expected_merged.safetensors",
                                              base: caseFolder + "/base")
     #expect(!comparisons.isEmpty)
+    let tolerance = try mergedMaxULP(name)
     for comparison in comparisons {
-        #expect(comparison.maxScaledULP <= 1, "\(name): \(comparison.name) is \(comparison.maxScaledULP) scaled ulp from PEFT")
+        #expect(comparison.maxScaledULP <= tolerance, "\(name): \(comparison.name) is \(comparison.maxScaledULP) scaled ulp from PEFT")
     }
     let elements = comparisons.reduce(0) { $0 + $1.elements }
     let identical = comparisons.reduce(0) { $0 + $1.elements - $1.differing }
@@ -27,7 +28,7 @@ func mergeMatchesPEFT(_ name: String) throws {
 
 /// Unmerging PEFT's merged checkpoint must come back to the base at least as closely as PEFT's own
 /// merge-then-unmerge does (fixtures' expected_unmerged), and within the bound peftkit reports.
-@Test(arguments: fixtureCaseNames())
+@Test(arguments: fixtureCasesThatUnmerge())
 func unmergeOfPEFTMergedIsAtLeastAsCloseAsPEFT(_ name: String) throws {
     let folder = makeScratchFolder()
     defer { try? FileManager.default.removeItem(atPath: folder) }

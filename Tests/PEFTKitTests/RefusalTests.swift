@@ -120,7 +120,7 @@ private let lora = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4}"
     ("{\"peft_type\": \"LORA\", \"r\": 0, \"lora_alpha\": 16}", "field 'r' is 0; expected a positive integer"),
     ("{\"peft_type\": \"LORA\", \"r\": \"8\", \"lora_alpha\": 16}", "field 'r' is the string \"8\""),
     ("{\"peft_type\": \"LORA\", \"lora_alpha\": 16}", "missing required field 'r'"),
-    ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"use_dora\": true}", "not supported yet: DoRA"),
+    ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"use_qalora\": true}", "not supported yet: QA-LoRA"),
     ("{\"peft_type\": \"LOHA\", \"r\": 8}", "not supported yet: peft_type 'LOHA' (peftkit handles LORA, BONE, MISS and IA3)"),
     ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_parameters\": [\"experts\"]}", "target_parameters"),
     ("{\"peft_type\": \"BONE\", \"r\": 8, \"init_weights\": \"mini\"}", "field 'init_weights' is the string \"mini\""),

@@ -16,7 +16,7 @@ func mergeInTheSmallestSlicesMatchesPEFT(_ name: String) throws {
     #expect(sliced.transformed + sliced.replaced > 0)
     for comparison in try compareCheckpoints(actual: folder + "/sliced", expected: caseFolder + "/expected_merged.safetensors",
                                              base: caseFolder + "/base") {
-        #expect(comparison.maxScaledULP <= 1, "\(name): \(comparison.name) is \(comparison.maxScaledULP) scaled ulp from PEFT")
+        #expect(comparison.maxScaledULP <= (try mergedMaxULP(name)), "\(name): \(comparison.name) is \(comparison.maxScaledULP) scaled ulp from PEFT")
     }
     // Bone and MiSS compute each row (Bat each band) on its own, so the slicing cannot change a single bit.
     guard !name.hasPrefix("lora") else { return }

@@ -1,4 +1,5 @@
 import Foundation
+import Testing
 import SafeTensors
 @testable import PEFTKit
 
@@ -15,6 +16,18 @@ let fixtureCases = repositoryRoot + "/fixtures/cases"
 func fixtureCaseNames() -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: fixtureCases)) ?? [])
         .filter { FileManager.default.fileExists(atPath: "\(fixtureCases)/\($0)/manifest.json") }.sorted()
+}
+
+/// The cases whose merged checkpoint determines the base (all but DoRA's: its manifest says
+/// `unmerge_from_checkpoint: false`, and it has no expected_unmerged).
+func fixtureCasesThatUnmerge() -> [String] {
+    fixtureCaseNames().filter { FileManager.default.fileExists(atPath: "\(fixtureCases)/\($0)/expected_unmerged.safetensors") }
+}
+
+/// The manifest's `tolerances.merged_max_ulp` of a case (1, or 2 for Float32 DoRA: spec/tolerance.md §1).
+func mergedMaxULP(_ name: String) throws -> Double {
+    let manifest = try AdapterLoader.readJSON("\(fixtureCases)/\(name)/manifest.json")
+    return try #require(manifest["tolerances"]?["merged_max_ulp"]?.doubleValue)
 }
 
 func makeScratchFolder() -> String {

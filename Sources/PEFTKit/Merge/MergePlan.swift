@@ -182,6 +182,10 @@ struct MergePlan: Sendable {
                                    + "product rather than a sum; merge it with weight 1")
             }
             for module in adapter.modules {
+                if request.direction == .unmerge, let refusal = adapter.method.unmergeRefusal(of: module) {
+                    throw PEFTKitError(.unsupported, file: adapter.source, tensor: module.path,
+                                       "not supported: unmerging this module: \(refusal)")
+                }
                 var found: [String] = []
                 let changes = adapter.method.changes(of: module, baseShape: { self.tensor($0)?.shape }, problems: &found)
                 problems += found
@@ -191,6 +195,12 @@ struct MergePlan: Sendable {
                     guard Codec.canDecode(dtype), dtype.isArithmetic else {
                         problems.append("module '\(module.path)': base dtype \(dtype.rawValue) cannot be merged into")
                         break
+                    }
+                    if let alone = (tensor.changes.map(\.change) + [change]).compactMap(\.standsAlone).first,
+                       !tensor.changes.isEmpty {
+                        throw PEFTKitError(.unsupported, file: adapter.source, tensor: module.path,
+                                           "not supported yet: \(alone) combined with other adapter changes to "
+                                           + "\(change.tensor) (its norms are of the base weight alone)")
                     }
                     if !restoredExactly.contains(change.tensor) {
                         tensor.changes.append(OutputTensor.Change(change: change, scale: Float(module.scaling * weight),

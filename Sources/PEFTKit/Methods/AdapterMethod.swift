@@ -43,6 +43,9 @@ public protocol AdapterMethod: Sendable {
     /// Config settings worth reporting in `inspect` (e.g. LoRA's `use_rslora`), by their config key.
     var settings: [(key: String, value: JSONValue)] { get }
 
+    /// Why `module`'s merge cannot be undone from the merged weights, or nil when it can.
+    func unmergeRefusal(of module: AdaptedModule) -> String?
+
     /// Whether a merge weight other than 1 means something for this method (it scales an additive change; a
     /// multiplicative one has nothing to scale). The plan refuses other weights where it does not.
     var acceptsMergeWeight: Bool { get }
@@ -55,6 +58,7 @@ extension AdapterMethod {
     public func baseTensors(of module: AdaptedModule) -> [String] { [module.weightName] }
     public var settings: [(key: String, value: JSONValue)] { [] }
     public var acceptsMergeWeight: Bool { true }
+    public func unmergeRefusal(of module: AdaptedModule) -> String? { nil }
 }
 
 /// The methods peftkit knows, in the order `--help` lists them. Adding a method is its file and one line here.
@@ -95,13 +99,17 @@ public enum MergeDirection: String, Sendable {
 public struct ModuleChange: Sendable {
     /// The base tensor changed, e.g. `model.layers.0.self_attn.q_proj.weight`.
     public let tensor: String
+    /// The name of a change whose math assumes the tensor holds the base's own value (DoRA's norms are of W + ΔW):
+    /// it cannot be combined with other changes to the same tensor. Nil for changes that compose.
+    public let standsAlone: String?
     /// Decodes the module's tensors into the operation on that tensor. `scale` is the module's scaling times the
     /// merge weight; `direction` says whether to apply the change or undo it.
     let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation
 
-    public init(tensor: String,
+    public init(tensor: String, standsAlone: String? = nil,
                 prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
         self.tensor = tensor
+        self.standsAlone = standsAlone
         self.prepare = prepare
     }
 }

@@ -13,14 +13,14 @@ import SafeTensors
 public struct LoRA: AdapterMethod {
     public static let name = "lora"
     public static let peftTypes = ["LORA"]
-    public static let summary = "LoRA: W + s·B·A; rsLoRA, patterns, Conv1D, lora_bias, embeddings"
+    public static let summary = "LoRA: W + s·B·A; rsLoRA, patterns, Conv1D, lora_bias, embeddings, DoRA"
 
     static let a = TensorRole("lora_A.weight")
     static let b = TensorRole("lora_B.weight")
     static let bias = TensorRole("lora_B.bias")
     static let embeddingA = TensorRole("lora_embedding_A")
     static let embeddingB = TensorRole("lora_embedding_B")
-    public static let roles = [a, b, bias, embeddingA, embeddingB]
+    public static let roles = [a, b, bias, embeddingA, embeddingB, magnitude]
 
     /// `r`: the rank of modules no `rank_pattern` key matches.
     public let rank: Int
@@ -32,14 +32,15 @@ public struct LoRA: AdapterMethod {
     public let alphaPattern: [(key: String, value: Double)]
     public let fanInFanOut: Bool
     public let loraBias: Bool
-    public var variant: String { "default" }
+    /// DoRA (DoRA.swift): every module renormalised to its `lora_magnitude_vector`.
+    public let useDoRA: Bool
+    public var variant: String { useDoRA ? "dora" : "default" }
 
     // Every field PEFT's LoraConfig (0.18 to 0.21) and PeftConfig write is in exactly one of the three lists below or
     // read by `init`; a field in none of them that is set is refused, since peftkit cannot tell what it does.
 
     /// Options that change what a merge must compute and that peftkit does not implement yet.
     static let unsupportedOptions: [(key: String, what: String)] = [
-        ("use_dora", "DoRA (use_dora)"),
         ("target_parameters", "LoRA on parameters (target_parameters)"),
         ("layer_replication", "layer replication"),
         ("trainable_token_indices", "trainable tokens"),
@@ -69,6 +70,7 @@ public struct LoRA: AdapterMethod {
     /// Fields `init` reads itself.
     static let readFields: Set<String> = [
         "r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "lora_bias", "init_lora_weights",
+        "use_dora",
     ]
 
     public init(config json: JSONValue, source: String, problems: inout [String]) throws {
@@ -108,6 +110,7 @@ public struct LoRA: AdapterMethod {
         useRSLoRA = PEFTConfig.flag(json, "use_rslora", &problems)
         fanInFanOut = PEFTConfig.flag(json, "fan_in_fan_out", &problems)
         loraBias = PEFTConfig.flag(json, "lora_bias", &problems)
+        useDoRA = PEFTConfig.flag(json, "use_dora", &problems)
     }
 
     /// Refuses inits that rewrote the base weights before training (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA …): the
@@ -164,6 +167,13 @@ public struct LoRA: AdapterMethod {
             if !condition { problems.append("module '\(path)': \(text())") }
         }
         let isEmbedding = tensors[Self.embeddingA] != nil || tensors[Self.embeddingB] != nil
+        if useDoRA && isEmbedding {
+            problems.append("module '\(path)': not supported yet: DoRA on embeddings")
+            return nil
+        }
+        if tensors[Self.magnitude] != nil && !useDoRA {
+            problems.append("module '\(path)': has lora_magnitude_vector but the config says use_dora: false")
+        }
         if isEmbedding {
             require(Self.embeddingA)
             require(Self.embeddingB)
@@ -199,6 +209,12 @@ public struct LoRA: AdapterMethod {
             if tensors[Self.bias] == nil && loraBias && tensors[Self.b] != nil {
                 problems.append("module '\(path)': config says lora_bias: true but lora_B.bias is missing")
             }
+            if useDoRA {
+                require(Self.magnitude)
+                if let m = shape(Self.magnitude), let b = shape(Self.b), b.count == 2 {
+                    expect(m == [b[0]], "lora_magnitude_vector has shape \(m), expected [\(b[0])] (one entry per output)")
+                }
+            }
         }
         guard problems.count == before else { return nil }
         return AdaptedModule(path: path, kind: isEmbedding ? .embedding : .linear, rank: rank, alpha: alpha(for: path),
@@ -214,7 +230,14 @@ public struct LoRA: AdapterMethod {
         [module.weightName] + (module.tensors[Self.bias] != nil ? [module.biasName] : [])
     }
 
-    public var settings: [(key: String, value: JSONValue)] { [("use_rslora", .bool(useRSLoRA))] }
+    public var settings: [(key: String, value: JSONValue)] {
+        [("use_rslora", .bool(useRSLoRA))] + (useDoRA ? [("use_dora", .bool(true))] : [])
+    }
+
+    public func unmergeRefusal(of module: AdaptedModule) -> String? {
+        module.tensors[Self.magnitude] == nil ? nil
+            : "a DoRA merge divided each output by ‖W + s·B·A‖, which the merged weights no longer tell"
+    }
 
     // MARK: Fitting the base
 
@@ -230,10 +253,18 @@ public struct LoRA: AdapterMethod {
         guard let layout = layout(of: module, baseShape: baseShape, problems: &problems) else { return [] }
         let (aRole, bRole) = module.kind == .embedding ? (Self.embeddingA, Self.embeddingB) : (Self.a, Self.b)
         let a = module.tensors[aRole]!, b = module.tensors[bRole]!, rank = module.rank
-        var changes = [ModuleChange(tensor: module.weightName) { scale, direction in
-            Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout,
-                    scale: direction == .merge ? scale : -scale)
-        }]
+        var changes: [ModuleChange]
+        if let magnitude = module.tensors[Self.magnitude] {
+            changes = [ModuleChange(tensor: module.weightName, standsAlone: "DoRA") { scale, _ in
+                Renormalized(product: Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout, scale: scale),
+                             magnitude: try magnitude.floats())
+            }]
+        } else {
+            changes = [ModuleChange(tensor: module.weightName) { scale, direction in
+                Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout,
+                        scale: direction == .merge ? scale : -scale)
+            }]
+        }
         if let loraBias = module.tensors[Self.bias] {
             guard let biasShape = baseShape(module.biasName) else {
                 problems.append("module '\(module.path)': lora_bias needs a base bias '\(module.biasName)', which the base lacks")

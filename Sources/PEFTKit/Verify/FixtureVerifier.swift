@@ -71,6 +71,8 @@ package enum FixtureVerifier {
         let mergedMaxULP: Double
         let layerBoundFactor: Double
         let unmergeDriftFactor: Double
+        /// False where the merged checkpoint cannot determine the base (DoRA): peftkit must refuse to unmerge.
+        let unmergesFromCheckpoint: Bool
 
         init(folder: String) throws {
             let path = (folder as NSString).appendingPathComponent(manifestName)
@@ -93,6 +95,7 @@ package enum FixtureVerifier {
             mergedMaxULP = try field(tolerances?["merged_max_ulp"]?.doubleValue, "tolerances.merged_max_ulp")
             layerBoundFactor = try field(tolerances?["layer_bound_factor"]?.doubleValue, "tolerances.layer_bound_factor")
             unmergeDriftFactor = try field(tolerances?["unmerge_drift_factor"]?.doubleValue, "tolerances.unmerge_drift_factor")
+            unmergesFromCheckpoint = json["unmerge_from_checkpoint"]?.boolValue ?? true
         }
     }
 
@@ -231,6 +234,18 @@ package enum FixtureVerifier {
                                      row: (String, Double, Double, Double, String, String?) -> VerificationCheck) throws -> VerificationCheck {
         let file = { (name: String) in (caseFolder as NSString).appendingPathComponent(name) }
         let output = (scratch as NSString).appendingPathComponent("unmerged")
+        guard manifest.unmergesFromCheckpoint else {
+            // PEFT unmerges with norms it cached in memory at merge time; from the checkpoint alone it cannot be done.
+            let refused: Bool
+            do {
+                _ = try MergeEngine.run(MergeRequest(base: file("expected_merged.safetensors"),
+                                                     adapters: [file(manifest.adapters[0])], output: output, direction: .unmerge))
+                refused = false
+            } catch let error as PEFTKitError where error.kind == .unsupported {
+                refused = true
+            }
+            return row("unmerge refused (not determined by the checkpoint)", 0, refused ? 0 : 1, 0, "", nil)
+        }
         _ = try MergeEngine.run(MergeRequest(base: file("expected_merged.safetensors"), adapters: [file(manifest.adapters[0])],
                                              output: output, direction: .unmerge))
         let ours = try Checkpoint(path: output)
