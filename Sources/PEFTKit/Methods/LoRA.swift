@@ -13,7 +13,7 @@ import SafeTensors
 public struct LoRA: AdapterMethod {
     public static let name = "lora"
     public static let peftTypes = ["LORA"]
-    public static let summary = "LoRA: W + s·B·A; rsLoRA, patterns, Conv1D, lora_bias, embeddings, DoRA"
+    public static let summary = "LoRA: W + s·B·A; DoRA, rsLoRA, rank patterns, Conv1D, lora_bias"
 
     static let a = TensorRole("lora_A.weight")
     static let b = TensorRole("lora_B.weight")
