@@ -5,7 +5,7 @@ import PackageDescription
 
 let fuzzTargets = [
     "FuzzHeader", "FuzzSafeTensorsFile", "FuzzShardIndex", "FuzzAdapterConfig", "FuzzLegacyBin", "FuzzPickle",
-    "FuzzPeftkitFile",
+    "FuzzPeftkitFile", "FuzzMLXAdapter",
 ]
 
 let package = Package(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets and runs them, one at a time, at the lowest CPU priority.
 #
-#   Fuzz/run.sh TARGET SECONDS          run one target (header file index config legacy pickle peftkit)
+#   Fuzz/run.sh TARGET SECONDS          run one target (header file index config legacy pickle peftkit mlx)
 #   Fuzz/run.sh all SECONDS             run every target in turn, SECONDS each
 #   Fuzz/run.sh build                   only build
 #   Fuzz/run.sh minimize TARGET FILE    minimise a crashing input (libFuzzer -minimize_crash=1, 60 s)
@@ -13,7 +13,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-targets=(header file index config legacy pickle peftkit)
+targets=(header file index config legacy pickle peftkit mlx)
 
 usage() {
     sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -29,6 +29,7 @@ executable() {
         legacy) echo FuzzLegacyBin ;;
         pickle) echo FuzzPickle ;;
         peftkit) echo FuzzPeftkitFile ;;
+        mlx) echo FuzzMLXAdapter ;;
         *) echo "unknown target '$1' (expected one of: ${targets[*]}, all)" >&2; exit 2 ;;
     esac
 }
@@ -36,7 +37,7 @@ executable() {
 # Inputs longer than this are truncated by libFuzzer: each is above the target's largest seed.
 max_len() {
     case "$1" in
-        header | file | peftkit) echo 262144 ;;
+        header | file | peftkit | mlx) echo 262144 ;;
         legacy | pickle) echo 65536 ;;
         index | config) echo 16384 ;;
     esac
@@ -84,6 +85,7 @@ gather_seeds() {
         legacy) files=("$root"/fixtures/legacy/*.bin "$root"/fixtures/legacy/*/*.bin "$root"/fixtures/cases/*/adapter_bin/*.bin) ;;
         pickle) ;;
         peftkit) files=("$here"/seeds/peftkit/*) ;;
+        mlx) files=("$here"/seeds/mlx/*) ;;
     esac
     # Earlier finds, minimised (also byte literals in the FuzzRegressionTests of the test targets).
     files+=("$here"/regressions/"$target"/*)
