@@ -899,6 +899,47 @@ def legacy_cases():
              torch_zip(good, storages=[storages[0], ("1", storages[1][1][:-4])]).build())
 
 
+MLX_CONVERT = ["convert", "{case}/adapter", "--to", "peft", "--output", "{output}"]
+MLX_KEY = MODULE
+
+
+def mlx_files(config=None, tensors=None):
+    """An mlx-lm LoRA adapter folder: lora_a = A^T (in, r), lora_b = B^T (r, out)."""
+    config = config if config is not None else {
+        "fine_tune_type": "lora", "num_layers": -1,
+        "lora_parameters": {"rank": RANK, "scale": 2.0, "dropout": 0.0, "keys": [MODULE]}}
+    tensors = tensors if tensors is not None else [
+        (MLX_KEY + ".lora_a", "F32", [IN, RANK], f32(ramp(IN * RANK, 3))),
+        (MLX_KEY + ".lora_b", "F32", [RANK, OUT], f32(ramp(RANK * OUT, 5)))]
+    return {"adapter/adapter_config.json": pretty(config),
+            "adapter/adapters.safetensors": safetensors(tensors, {"format": "mlx"})}
+
+
+def mlx_cases():
+    def mlx_case(slug, description, exit, fragment, **options):
+        case(slug, "mlx", description, mlx_files(**options), MLX_CONVERT, exit, fragment)
+
+    params = {"rank": RANK, "dropout": 0.0, "keys": [MODULE]}
+    mlx_case("mlx-no-scale", "lora_parameters has no scale", 2,
+             "'lora_parameters' needs a positive integer 'rank' and a finite number 'scale'",
+             config={"fine_tune_type": "lora", "num_layers": -1, "lora_parameters": params})
+    mlx_case("mlx-rank-zero", "lora_parameters gives rank 0", 2, "needs a positive integer 'rank'",
+             config={"fine_tune_type": "lora", "lora_parameters": {**params, "rank": 0, "scale": 1.0}})
+    mlx_case("mlx-full-fine-tune", "fine_tune_type full: whole weights, not an adapter", 4, "fine_tune_type 'full'",
+             config={"fine_tune_type": "full", "lora_parameters": {**params, "scale": 1.0}})
+    mlx_case("mlx-dora", "fine_tune_type dora: mlx-lm DoRA magnitudes", 4, "fine_tune_type 'dora'",
+             config={"fine_tune_type": "dora", "lora_parameters": {**params, "scale": 1.0}})
+    mlx_case("mlx-foreign-tensor", "a tensor that is neither lora_a nor lora_b", 2, "not an mlx-lm LoRA tensor",
+             tensors=[(MODULE + ".weight", "F32", [OUT, IN], f32(ramp(OUT * IN)))])
+    mlx_case("mlx-vector-tensor", "lora_a is a vector", 2, "not an mlx-lm LoRA tensor",
+             tensors=[(MLX_KEY + ".lora_a", "F32", [IN], f32(ramp(IN)))])
+    mlx_case("mlx-missing-partner", "lora_a without its lora_b", 2, "missing tensor 'lora_B.weight'",
+             tensors=[(MLX_KEY + ".lora_a", "F32", [IN, RANK], f32(ramp(IN * RANK)))])
+    mlx_case("mlx-rank-mismatch", "config rank 2, lora_a of rank 3", 2, "lora_A has 3 rows but the module's r is 2",
+             tensors=[(MLX_KEY + ".lora_a", "F32", [IN, 3], f32(ramp(IN * 3))),
+                      (MLX_KEY + ".lora_b", "F32", [3, OUT], f32(ramp(3 * OUT)))])
+
+
 def controls():
     files = base_files()
     files.update(adapter_files())
@@ -907,6 +948,7 @@ def controls():
     files["adapter.safetensors"] = peftkit_file(**{"peftkit__base_fingerprint": fingerprint(base_tensors(seed=1))})
     control("merge-peftkit", "the valid peftkit file (with the base's fingerprint) every peftkit case starts from",
             files, PEFTKIT_MERGE)
+    control("convert-mlx", "the valid mlx-lm adapter folder every mlx case starts from", mlx_files(), MLX_CONVERT)
     control("convert-legacy", "the valid legacy adapter_model.bin every legacy case starts from",
             legacy_files(torch_zip(lora_state_dict_pickle()).build()), CONVERT)
     s1, s2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
@@ -951,6 +993,7 @@ def main():
     base_mismatch_cases()
     peftkit_cases()
     legacy_cases()
+    mlx_cases()
     controls()
     slugs = [c["slug"] for c in CASES]
     assert len(set(slugs)) == len(slugs), "duplicate slugs"
