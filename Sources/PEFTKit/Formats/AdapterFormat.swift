@@ -31,6 +31,16 @@ extension AdapterFormat {
     }
 }
 
+/// The folder an adapter at `path` lives in: `path` itself when it is a folder, else the folder holding the file;
+/// nil when nothing is at `path`. Folder formats are recognised from a file inside them too.
+func adapterFolder(of path: String) -> String? {
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return nil }
+    if isFolder.boolValue { return path }
+    let parent = (path as NSString).deletingLastPathComponent
+    return parent.isEmpty ? "." : parent
+}
+
 /// How `AdapterFormat.write` writes.
 public struct AdapterWriteOptions: Sendable {
     /// Replace whatever is at the path; without it an existing path is refused.

@@ -25,10 +25,7 @@ public enum MLXFormat: AdapterFormat {
     /// The folder `path` is or lies in, when it holds mlx-lm's two files and the config is mlx-lm's (it has
     /// `lora_parameters` or `fine_tune_type`, which PEFT's never has).
     static func folder(of path: String) -> String? {
-        var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return nil }
-        let folder = isFolder.boolValue ? path : ((path as NSString).deletingLastPathComponent.isEmpty
-                                                  ? "." : (path as NSString).deletingLastPathComponent)
+        guard let folder = adapterFolder(of: path) else { return nil }
         let file = { (name: String) in (folder as NSString).appendingPathComponent(name) }
         guard FileManager.default.fileExists(atPath: file(weightsFileName)),
               let config = try? AdapterLoader.readJSON(file(configFileName)),

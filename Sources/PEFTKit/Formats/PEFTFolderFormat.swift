@@ -15,11 +15,8 @@ public enum PEFTFolderFormat: AdapterFormat {
 
     /// The PEFT folder `path` is or lies in: a folder, or a file with an `adapter_config.json` beside it.
     static func folder(of path: String) -> String? {
-        var isFolder: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else { return nil }
-        if isFolder.boolValue { return path }
-        let folder = (path as NSString).deletingLastPathComponent.isEmpty ? "." : (path as NSString).deletingLastPathComponent
-        return FileManager.default.fileExists(atPath: (folder as NSString).appendingPathComponent(configFileName)) ? folder : nil
+        guard let folder = adapterFolder(of: path) else { return nil }
+        return folder == path || FileManager.default.fileExists(atPath: file(configFileName, in: folder)) ? folder : nil
     }
 
     static func file(_ name: String, in folder: String) -> String { (folder as NSString).appendingPathComponent(name) }
