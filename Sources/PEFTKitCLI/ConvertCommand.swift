@@ -25,6 +25,7 @@ struct ConvertCommand: AsyncParsableCommand {
               peftkit convert ./old-lora-with-bin --to peft --output ./my-lora
               peftkit convert my-lora.safetensors --to peft --output ./my-lora
               peftkit convert ./my-lora --to mlx -o ./my-lora-mlx      (mlx-lm: load_adapters)
+              peftkit convert ./old-bone --to peft --as miss -o ./as-miss   (for PEFT 0.19+)
             """
     )
 
@@ -42,9 +43,17 @@ struct ConvertCommand: AsyncParsableCommand {
                                valueName: "base"))
     var base: String?
 
+    @Option(name: .customLong("as"), help: ArgumentHelp(
+        "Rewrite the adapter as another method that computes the same: 'miss' turns a Bone adapter into the MiSS "
+        + "adapter PEFT 0.19 and later load (PEFT removed Bone).", valueName: "method"))
+    var asMethod: String?
+
     init() {}
 
     func validate() throws {
+        if let asMethod, asMethod != MiSS.name {
+            throw ValidationError("--as takes 'miss' (a Bone adapter rewritten as MiSS), not '\(asMethod)'.")
+        }
         if base != nil && !to.format.recordsBaseFingerprint {
             throw ValidationError("--base is used only with --to "
                 + "\(FormatRegistry.writable.filter { $0.format.recordsBaseFingerprint }.map(\.name).joined(separator: " or ")) "
@@ -54,7 +63,8 @@ struct ConvertCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let loaded = try AdapterLoader.load(adapter)
+        let read = try AdapterLoader.load(adapter)
+        let loaded = asMethod == nil ? read : try MiSS.fromBone(read)
         var fingerprint = to.format.recordsBaseFingerprint ? loaded.base.fingerprint : nil
         if let base {
             // Only fingerprint a base the adapter actually fits.

@@ -37,6 +37,35 @@ public struct MiSS: AdapterMethod {
         blocks.miniRank.map { [("mini_r", .integer(Int64($0)))] } ?? []
     }
 
+    /// `adapter`, a Bone adapter, as the MiSS adapter PEFT ≥ 0.19 loads (Bone was removed from PEFT in 0.19): MiSS's
+    /// default and `bat` variants are Bone's, with `miss_block` for `bone_block` and MiSS's own config fields (PEFT's
+    /// defaults `mini_r` 1 and `miss_dropout` 0, keys sorted as PEFT writes them). The tensors are the same.
+    /// - Throws: `.unsupported` for an adapter that is not Bone.
+    public static func fromBone(_ adapter: Adapter) throws -> Adapter {
+        guard adapter.method is Bone, case .object(let members) = adapter.config.json else {
+            throw PEFTKitError(.unsupported, file: adapter.source,
+                               "only a Bone adapter can be rewritten as MiSS; this one is \(adapter.config.peftType)")
+        }
+        var config = members.filter { $0.key != "peft_type" && $0.key != "bone_dropout" }
+        config.append(("peft_type", .string(peftTypes[0])))
+        if !config.contains(where: { $0.key == "mini_r" }) { config.append(("mini_r", .integer(1))) }
+        if !config.contains(where: { $0.key == "miss_dropout" }) {
+            config.append(("miss_dropout", members.first { $0.key == "bone_dropout" }?.value ?? .finite(0)))
+        }
+        config.sort { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
+        let parsed = try PEFTConfig.parse(.object(config), source: adapter.source)
+        var problems: [String] = []
+        let modules = adapter.modules.compactMap { module in
+            parsed.method.makeModule(path: module.path, tensors: [block: module.tensors[Bone.block]!], problems: &problems)
+        }
+        guard problems.isEmpty, modules.count == adapter.modules.count else {
+            throw PEFTKitError(.inconsistentAdapter, file: adapter.source, "the Bone adapter does not make a MiSS one",
+                               details: problems)
+        }
+        return Adapter(source: adapter.source, format: adapter.format, config: parsed, modules: modules,
+                       carried: adapter.carried, base: adapter.base)
+    }
+
     /// The r×out block the `mini` variant stands for.
     static func expandMini(_ block: [Float], rank r: Int, miniRank: Int, outFeatures: Int) -> [Float] {
         var full = [Float](repeating: 0, count: r * outFeatures)
