@@ -77,6 +77,9 @@ public enum CheckpointAuditor {
                                     sliceElements: Int = MergeRequest.defaultSliceElements) throws -> CheckpointAudit {
         let plan = try MergePlan.make(MergeRequest(base: base, adapters: adapters, weights: weights, output: merged,
                                                    sliceElements: sliceElements))
+        // As in the merge engine: one BLAS thread sums in the same order as `peftkit merge`, so that its output
+        // compares bit for bit.
+        LinearAlgebra.useOneThread()
         let actual = try Checkpoint(path: merged)
         var results: [AuditedTensor] = []
         var findings: [String] = []
@@ -116,6 +119,7 @@ public enum CheckpointAuditor {
                                       sliceElements: Int = MergeRequest.defaultSliceElements) throws -> CheckpointAudit {
         let plan = try MergePlan.make(MergeRequest(base: base, adapters: adapters, weights: weights, output: unmerged,
                                                    sliceElements: sliceElements))
+        LinearAlgebra.useOneThread()
         let actual = try Checkpoint(path: unmerged)
         var results: [AuditedTensor] = []
         var buffers = Buffers()
@@ -217,6 +221,7 @@ public enum CheckpointAuditor {
         // An untouched tensor in its own dtype is compared with the starting bytes as they are.
         let asStored = expected.operations.isEmpty && expected.start.dtype == dtype
         var floor = 0.0
+        var released = 0..<0
         if Comparison.floorsAtTensorMaximum(dtype) {
             for rowRange in expected.slices {
                 let count = rowRange.count * expected.columns
@@ -226,9 +231,11 @@ public enum CheckpointAuditor {
                     try expected.values(rowRange, into: floats)
                     for v in floats where v.isFinite { floor = max(floor, Double(v.magnitude)) }
                 }
+                expected.release(&released, upTo: rowRange.upperBound, alongWith: nil)
             }
         }
         var result: TensorComparison?
+        released = 0..<0
         for rowRange in expected.slices {
             let count = rowRange.count * expected.columns, offset = rowRange.lowerBound * expected.columns * size
             buffers.reserve(count, bytes: count * size)
@@ -258,6 +265,8 @@ public enum CheckpointAuditor {
                 }
             }
             result = result.map { $0.combined(with: piece) } ?? piece
+            // Each slice's pages are dropped once compared (TensorWriter releases its input the same way).
+            expected.release(&released, upTo: rowRange.upperBound, alongWith: location)
         }
         return result ?? TensorComparison(name: tensor.name, dtype: dtype, elements: 0, differing: 0, beyondOneULP: 0,
                                           maxAbsoluteError: 0, maxULP: 0, maxScaledULP: 0)

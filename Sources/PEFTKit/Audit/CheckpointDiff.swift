@@ -158,7 +158,7 @@ public enum CheckpointDiffer {
             differing = viewA.bytes.elementsEqual(viewB.bytes) ? 0 : info.elementCount
         } else {
             let size = dtype.bitWidth / 8
-            var start = 0
+            var start = 0, released = 0
             while start < info.elementCount {
                 let count = min(sliceElements, info.elementCount - start)
                 let bytesA = UnsafeRawBufferPointer(rebasing: viewA.bytes[(start * size)..<((start + count) * size)])
@@ -191,6 +191,15 @@ public enum CheckpointDiffer {
                     }
                 }
                 start += count
+                // Drop the compared pages every 8 MiB or so as the tensor streams through, keeping memory flat.
+                if (start - released) * size >= TensorWriter.releaseBytes || start == info.elementCount {
+                    for (location, view) in [(a, viewA), (b, viewB)] {
+                        let begin = view.info.dataOffsets.lowerBound
+                        location.file.release(TensorInfo(name: info.name, dtype: .u8, shape: [(start - released) * size],
+                                                         dataOffsets: (begin + released * size)..<(begin + start * size)))
+                    }
+                    released = start
+                }
             }
         }
         return TensorDifference(name: info.name, status: differing == 0 ? .identical : .changed, dtypeA: dtype, dtypeB: dtype,

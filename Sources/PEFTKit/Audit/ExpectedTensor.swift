@@ -59,6 +59,21 @@ final class ExpectedTensor {
     /// Drops the starting value's mapped pages once the tensor is done.
     func release() { start.release(bytes: 0..<start.byteCount) }
 
+    /// Drops the mapped pages of the starting value's rows `rowRange`, and of the same rows of `other` (the
+    /// checkpoint's tensor compared with it), so that memory stays flat while a large tensor streams through. Only
+    /// every 8 MiB or so, like `TensorWriter`: each release interrupts the other core to flush its TLB.
+    func release(_ rowRange: inout Range<Int>, upTo row: Int, alongWith other: Checkpoint.Location?) {
+        let rowBytes = columns * start.dtype.bitWidth / 8
+        guard (row - rowRange.lowerBound) * rowBytes >= TensorWriter.releaseBytes || row == rows else { return }
+        start.release(bytes: rowRange.lowerBound * rowBytes..<row * rowBytes)
+        if let other {
+            let otherRowBytes = columns * other.info.dtype.bitWidth / 8, begin = other.info.dataOffsets.lowerBound
+            other.file.release(TensorInfo(name: other.info.name, dtype: .u8, shape: [(row - rowRange.lowerBound) * otherRowBytes],
+                                          dataOffsets: (begin + rowRange.lowerBound * otherRowBytes)..<(begin + row * otherRowBytes)))
+        }
+        rowRange = row..<row
+    }
+
     /// As in `TensorWriter`: an operation that needs a first pass sees every slice as it stands after the ones before.
     private func firstPasses() throws {
         var buffer = [Float]()

@@ -69,10 +69,15 @@ enum DiffPlot {
         out += "<rect x=\"\(x)\" y=\"\(top)\" width=\"16\" height=\"\(height)\" fill=\"url(#ramp)\" stroke=\"#999\"/>\n"
         let decades = Int(high - low)
         let step = max(1, decades / 8)
+        // A narrow range gets 2× and 5× ticks too, so that a cell's colour can still be read off.
+        let within: [Double] = decades <= 2 ? [1, 2, 5] : [1]
         for d in stride(from: 0, through: decades, by: step) {
-            let y = top + height - Double(d) / Double(decades) * height
-            out += "<line x1=\"\(x + 16)\" y1=\"\(y)\" x2=\"\(x + 20)\" y2=\"\(y)\" stroke=\"#333\"/>"
-            out += "<text x=\"\(x + 23)\" y=\"\(y + 4)\">1e\(Int(low) + d)</text>\n"
+            for factor in within where d < decades || factor == 1 {
+                let position = (Double(d) + log10(factor)) / Double(decades)
+                let y = top + height - position * height
+                out += "<line x1=\"\(x + 16)\" y1=\"\(y)\" x2=\"\(x + 20)\" y2=\"\(y)\" stroke=\"#333\"/>"
+                out += "<text x=\"\(x + 23)\" y=\"\(y + 4)\">\(Int(factor))e\(Int(low) + d)</text>\n"
+            }
         }
         out += "<rect x=\"\(x)\" y=\"\(top + height + 10)\" width=\"16\" height=\"12\" fill=\"#f0f0f0\" stroke=\"#999\"/>"
         out += "<text x=\"\(x + 23)\" y=\"\(top + height + 20)\">unchanged</text>\n"
