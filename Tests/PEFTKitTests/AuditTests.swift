@@ -202,3 +202,21 @@ func layerAndKindAreParsed(name: String, layer: Int?, kind: String) {
     #expect(parsed.layer == layer)
     #expect(parsed.kind == kind)
 }
+
+/// The same bug as PEFT 0.18.1 really writes it (fixtures/audit, made by fixtures/generate.py): verify --merged flags
+/// PEFT's merge and passes peftkit's, which unties the head.
+@Test func peftsRealTiedHeadMergeIsFlagged() throws {
+    let folder = repositoryRoot + "/fixtures/audit/tied-head-qwen2-f32"
+    let record = try AdapterLoader.readJSON(folder + "/audit.json")
+    #expect(record["peft_merge"]?["head_tied_after_merge"] == .bool(true))
+    let peft = try CheckpointAuditor.verifyMerged(folder + "/peft_merged", base: folder + "/base", adapters: [folder + "/adapter"])
+    #expect(peft.findings.count == 1)
+    #expect(peft.findings.first?.contains("tied-embedding merge bug") == true)
+    #expect(Set(peft.tensors.filter { !$0.passed }.map(\.name)) == ["lm_head.weight", "model.embed_tokens.weight"])
+
+    let scratch = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: scratch) }
+    _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/adapter"], output: scratch + "/m"))
+    let ours = try CheckpointAuditor.verifyMerged(scratch + "/m", base: folder + "/base", adapters: [folder + "/adapter"])
+    #expect(ours.passed)
+}
