@@ -29,6 +29,7 @@ struct VerifyCommand: AsyncParsableCommand {
               peftkit verify --json > verify-report.json
               peftkit verify --merged ./merged --base ./base ./my-lora
               peftkit verify --merged ./merged --base ./base ./style ./task --weight 0.7 --weight 1 --json
+              peftkit verify --merged ./merged-bf16 --base ./base ./my-lora --dtype bf16
               peftkit verify --unmerged ./recovered --base ./base ./my-lora
             """
     )
@@ -51,6 +52,10 @@ struct VerifyCommand: AsyncParsableCommand {
         "With --merged: scale of an adapter's delta, once per adapter in order (default: 1 each).", valueName: "w"))
     var weights: [Double] = []
 
+    @Option(help: ArgumentHelp("With --merged: the dtype the merge wrote its floating tensors in, as merge --dtype; keep expects each base tensor's own.",
+                               valueName: "dtype"))
+    var dtype: OutputDType = .keep
+
     @OptionGroup var report: JSONOutputOption
 
     init() {}
@@ -58,7 +63,9 @@ struct VerifyCommand: AsyncParsableCommand {
     func validate() throws {
         if merged != nil && unmerged != nil { throw ValidationError("Give --merged or --unmerged, not both.") }
         guard merged != nil || unmerged != nil else {
-            if base != nil || !weights.isEmpty { throw ValidationError("--base and --weight go with --merged or --unmerged.") }
+            if base != nil || !weights.isEmpty || dtype != .keep {
+                throw ValidationError("--base, --weight and --dtype go with --merged or --unmerged.")
+            }
             return
         }
         guard base != nil else { throw ValidationError("--merged and --unmerged need --base.") }
@@ -67,14 +74,14 @@ struct VerifyCommand: AsyncParsableCommand {
             throw ValidationError("Give --weight once per adapter (\(paths.count)), or not at all.")
         }
         if weights.contains(where: { !$0.isFinite }) { throw ValidationError("--weight must be a finite number.") }
-        if unmerged != nil && !weights.isEmpty { throw ValidationError("--weight goes with --merged.") }
+        if unmerged != nil && (!weights.isEmpty || dtype != .keep) { throw ValidationError("--weight and --dtype go with --merged.") }
     }
 
     func run() async throws {
         if let base, let checkpoint = merged ?? unmerged {
             let audit = merged != nil
                 ? try CheckpointAuditor.verifyMerged(checkpoint, base: base, adapters: paths,
-                                                     weights: weights.isEmpty ? nil : weights)
+                                                     weights: weights.isEmpty ? nil : weights, outputDType: dtype.dtype)
                 : try CheckpointAuditor.verifyUnmerged(checkpoint, base: base, adapters: paths)
             Console.current.output(report.json ? AuditReport.json(audit) : AuditReport.text(audit))
             if !audit.passed { throw ExitStatus.checkFailed }

@@ -59,6 +59,19 @@ private let qProj = "model.layers.1.self_attn.q_proj.weight"
     #expect(right.status == 0)
 }
 
+/// A merge written in another dtype is a dtype mismatch, unless verify is told the dtype.
+@Test func verifyMergedTakesTheMergesDType() async throws {
+    let folder = makeTemporaryFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let merge = await peftkit("merge", loraCase + "/base", loraCase + "/adapter", "--dtype", "bf16", "-o", folder + "/m")
+    #expect(merge.status == 0)
+    let plain = await peftkit("verify", "--merged", folder + "/m", "--base", loraCase + "/base", loraCase + "/adapter")
+    #expect(plain.status == 1)
+    #expect(plain.standardOutput.contains("FAIL dtype BF16, expected F32"))
+    let told = await peftkit("verify", "--merged", folder + "/m", "--base", loraCase + "/base", loraCase + "/adapter", "--dtype", "bf16")
+    #expect(told.status == 0, "\(told.standardOutput)")
+}
+
 @Test func verifyUnmergedHoldsTheResultAgainstTheBase() async throws {
     let folder = makeTemporaryFolder()
     defer { try? FileManager.default.removeItem(atPath: folder) }
@@ -79,6 +92,7 @@ private let qProj = "model.layers.1.self_attn.q_proj.weight"
     (["verify", "--base", "b"], "--merged"),
     (["verify", "--merged", "m", "--base", "b", "a", "--weight", "1", "--weight", "2"], "--weight"),
     (["diff", "a"], "<b>"),
+    (["verify", "--unmerged", "u", "--base", "b", "a", "--dtype", "bf16"], "--dtype"),
 ])
 func auditUsageErrors(arguments: [String], fragment: String) async {
     let run = await peftkit(arguments)

@@ -70,13 +70,15 @@ public enum CheckpointAuditor {
     /// `merged_max_ulp` of spec/tolerance.md §1.
     public static let mergedMaxULP = 1.0
 
-    /// Holds `merged` against the merge of `adapters` (with `weights`) into `base`.
+    /// Holds `merged` against the merge of `adapters` (with `weights`) into `base`, its floating tensors written as
+    /// `outputDType` (nil: each keeps the base's dtype), as `peftkit merge --dtype` would.
     /// - Throws: what planning the merge throws (`.baseMismatch` when an adapter does not fit the base …), and the
     ///   readers' errors for malformed inputs. A checkpoint that differs is a result, not an error.
     public static func verifyMerged(_ merged: String, base: String, adapters: [String], weights: [Double]? = nil,
+                                    outputDType: DType? = nil,
                                     sliceElements: Int = MergeRequest.defaultSliceElements) throws -> CheckpointAudit {
         let plan = try MergePlan.make(MergeRequest(base: base, adapters: adapters, weights: weights, output: merged,
-                                                   sliceElements: sliceElements))
+                                                   outputDType: outputDType, sliceElements: sliceElements))
         // As in the merge engine: one BLAS thread sums in the same order as `peftkit merge`, so that its output
         // compares bit for bit.
         LinearAlgebra.useOneThread()
