@@ -7,7 +7,7 @@ import SafeTensors
 public struct PeftkitCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "peftkit",
-        abstract: "Inspect, convert, merge, unmerge and verify fine-tuning adapters, streaming tensor by tensor.",
+        abstract: "Inspect, convert, merge, unmerge, verify and diff fine-tuning adapters and models, streaming tensor by tensor.",
         discussion: """
             Works on Hugging Face safetensors checkpoints (single files or sharded folders) and on adapters as HF \
             PEFT saves them. Methods (peft_type):
@@ -23,6 +23,7 @@ public struct PeftkitCommand: AsyncParsableCommand {
             UnmergeCommand.self,
             ConvertCommand.self,
             VerifyCommand.self,
+            DiffCommand.self,
         ]
     )
 

@@ -938,6 +938,44 @@ def mlx_cases():
     mlx_case("mlx-rank-mismatch", "config rank 2, lora_a of rank 3", 2, "lora_A has 3 rows but the module's r is 2",
              tensors=[(MLX_KEY + ".lora_a", "F32", [IN, 3], f32(ramp(IN * 3))),
                       (MLX_KEY + ".lora_b", "F32", [3, OUT], f32(ramp(3 * OUT)))])
+def audit_cases():
+    """diff and verify --merged read checkpoints through the strict reader: malformed inputs on either side are refused
+    with that reader's message, before anything is compared."""
+    good = safetensors(base_tensors(), {"format": "pt"})
+    diff = ["diff", "{case}/a.safetensors", "{case}/b.safetensors"]
+    case("diff-truncated-a", "audit", "diff with A cut short in its tensor data", {
+        "a.safetensors": good[:-20], "b.safetensors": good}, diff, 2, "(missing bytes)")
+    case("diff-header-past-end-b", "audit", "diff with B's header length beyond the file", {
+        "a.safetensors": good, "b.safetensors": raw_safetensors("{}", length=4096)}, diff, 2, "runs past the end of the 10-byte file")
+    case("diff-overlapping-tensors", "audit", "diff with two tensors of A sharing bytes", {
+        "a.safetensors": raw_safetensors("{%s,%s}" % (entry("x"), entry("y", offsets="[4,12]")), 12),
+        "b.safetensors": good}, diff, 2, "overlaps tensor")
+    files = base_files()
+    files.update(adapter_files())
+    files["merged/model.safetensors"] = merged_file()[:-20]
+    case("verify-merged-truncated", "audit", "verify --merged with the merged file cut short", files, VERIFY_MERGED, 2,
+         "(missing bytes)")
+    files = base_files(shape=(8, 6))
+    files.update(adapter_files())
+    files["merged/model.safetensors"] = merged_file()
+    case("verify-merged-base-mismatch", "audit", "verify --merged against a base the adapter does not fit", files,
+         VERIFY_MERGED, 3, "LoRA maps 8 → 8 features but the base weight has shape [8, 6]")
+
+
+VERIFY_MERGED = ["verify", "--merged", "{case}/merged", "--base", "{case}/base", "{case}/adapter"]
+
+
+def merged_file():
+    """What merging the corpus LoRA into the corpus base gives: W + (alpha / r)·B·A, exact in Float32 (the ramp's
+    values are multiples of 1/16, so every product and sum here is a short dyadic fraction)."""
+    (name, dtype, shape, data), norm = base_tensors()
+    w = list(struct.unpack("<%df" % (OUT * IN), data))
+    a = ramp(RANK * IN, 3)
+    b = ramp(OUT * RANK, 5)
+    scale = 4 / RANK
+    merged = [w[o * IN + i] + scale * sum(b[o * RANK + k] * a[k * IN + i] for k in range(RANK))
+              for o in range(OUT) for i in range(IN)]
+    return safetensors([(name, dtype, shape, f32(merged)), norm], {"format": "pt"})
 
 
 def controls():
@@ -963,6 +1001,14 @@ def controls():
                     '{"__metadata__":{"format":"pt","note":"\\u00fc"},%s,%s,%s}    ' % (
                         entry("z", "F32", "[0,3]", "[0,0]"), entry("s", "F32", "[]", "[0,4]"),
                         entry("e", "BF16", "[0]", "[4,4]")), b"\x00\x00\x80\x3f")}, INSPECT_FILE)
+    files = base_files()
+    files.update(adapter_files())
+    files["merged/model.safetensors"] = merged_file()
+    control("verify-merged", "the valid merge every verify --merged case starts from", files, VERIFY_MERGED)
+    good = safetensors(base_tensors(), {"format": "pt"})
+    control("diff", "two valid checkpoints, as every diff case starts from", {
+        "a.safetensors": good, "b.safetensors": safetensors(base_tensors(seed=2), {"format": "pt"})},
+        ["diff", "{case}/a.safetensors", "{case}/b.safetensors"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -994,6 +1040,7 @@ def main():
     peftkit_cases()
     legacy_cases()
     mlx_cases()
+    audit_cases()
     controls()
     slugs = [c["slug"] for c in CASES]
     assert len(set(slugs)) == len(slugs), "duplicate slugs"

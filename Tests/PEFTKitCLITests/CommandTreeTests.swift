@@ -2,13 +2,13 @@ import Testing
 @testable import PEFTKitCLI
 import PEFTKit
 
-@Test func rootCommandHasTheFiveSubcommands() {
+@Test func rootCommandHasTheSixSubcommands() {
     #expect(PeftkitCommand.configuration.commandName == "peftkit")
     let names = PeftkitCommand.configuration.subcommands.map { $0.configuration.commandName }
-    #expect(names == ["inspect", "merge", "unmerge", "convert", "verify"])
+    #expect(names == ["inspect", "merge", "unmerge", "convert", "verify", "diff"])
 }
 
-@Test(arguments: ["inspect", "merge", "unmerge", "convert", "verify"])
+@Test(arguments: ["inspect", "merge", "unmerge", "convert", "verify", "diff"])
 func everySubcommandHasHelpThatTeaches(name: String) async {
     for arguments in [[name, "--help"], ["help", name]] {
         let run = await peftkit(arguments)

@@ -22,6 +22,12 @@ struct OutputTensor: Sendable {
     var changes: [Change] = []
 
     var outputBytes: Int { shape.reduce(1, *) * outputDType.bitWidth / 8 }
+
+    /// spec/tolerance.md §1: one ulp; for an F32/F64 result, one per Float32 reduction it depends on.
+    var mergedMaxULP: Double {
+        guard Comparison.floorsAtTensorMaximum(outputDType) else { return 1 }
+        return Double(changes.map(\.change.float32Reductions).max() ?? 1)
+    }
 }
 
 /// A validated plan: every check that can refuse the merge has run before anything is written.

@@ -102,14 +102,19 @@ public struct ModuleChange: Sendable {
     /// The name of a change whose math assumes the tensor holds the base's own value (DoRA's norms are of W + ΔW):
     /// it cannot be combined with other changes to the same tensor. Nil for changes that compose.
     public let standsAlone: String?
+    /// How many Float32 reductions, each summed in its own library's order, every changed element depends on: 1 for a
+    /// product's sums, 2 for DoRA (the product and the norm). An F32 result may differ from PEFT's by that many ulps
+    /// at the tensor's scale (spec/tolerance.md §1).
+    public let float32Reductions: Int
     /// Decodes the module's tensors into the operation on that tensor. `scale` is the module's scaling times the
     /// merge weight; `direction` says whether to apply the change or undo it.
     let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation
 
-    public init(tensor: String, standsAlone: String? = nil,
+    public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1,
                 prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
         self.tensor = tensor
         self.standsAlone = standsAlone
+        self.float32Reductions = float32Reductions
         self.prepare = prepare
     }
 }

@@ -255,7 +255,7 @@ public struct LoRA: AdapterMethod {
         let a = module.tensors[aRole]!, b = module.tensors[bRole]!, rank = module.rank
         var changes: [ModuleChange]
         if let magnitude = module.tensors[Self.magnitude] {
-            changes = [ModuleChange(tensor: module.weightName, standsAlone: "DoRA") { scale, _ in
+            changes = [ModuleChange(tensor: module.weightName, standsAlone: "DoRA", float32Reductions: 2) { scale, _ in
                 Renormalized(product: Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout, scale: scale),
                              magnitude: try magnitude.floats())
             }]

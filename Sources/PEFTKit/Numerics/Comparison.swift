@@ -19,6 +19,26 @@ public struct TensorComparison: Sendable, Equatable {
     public let maxScaledULP: Double
 
     public var identicalFraction: Double { elements == 0 ? 1 : Double(elements - differing) / Double(elements) }
+
+    public init(name: String, dtype: DType, elements: Int, differing: Int, beyondOneULP: Int, maxAbsoluteError: Double,
+                maxULP: Int, maxScaledULP: Double) {
+        self.name = name
+        self.dtype = dtype
+        self.elements = elements
+        self.differing = differing
+        self.beyondOneULP = beyondOneULP
+        self.maxAbsoluteError = maxAbsoluteError
+        self.maxULP = maxULP
+        self.maxScaledULP = maxScaledULP
+    }
+
+    /// One comparison of a tensor compared in consecutive pieces: counts add up, maxima combine.
+    public func combined(with other: TensorComparison) -> TensorComparison {
+        TensorComparison(name: name, dtype: dtype, elements: elements + other.elements,
+                         differing: differing + other.differing, beyondOneULP: beyondOneULP + other.beyondOneULP,
+                         maxAbsoluteError: max(maxAbsoluteError, other.maxAbsoluteError), maxULP: max(maxULP, other.maxULP),
+                         maxScaledULP: max(maxScaledULP, other.maxScaledULP))
+    }
 }
 
 package enum Comparison {
@@ -31,12 +51,24 @@ package enum Comparison {
     package static func compare(name: String, dtype: DType, count: Int, actual: UnsafeRawBufferPointer,
                                expected: UnsafeRawBufferPointer, scale: UnsafeRawBufferPointer? = nil,
                                floorAtTensorMaximum: Bool = false) -> TensorComparison {
+        compare(name: name, dtype: dtype, count: count, actual: actual, expected: expected, scale: scale,
+                floor: floorAtTensorMaximum ? largestMagnitude(expected, count: count, dtype: dtype) : 0)
+    }
+
+    /// The largest finite |value| of `count` elements of `dtype`: the F32/F64 floor of the tolerance policy.
+    public static func largestMagnitude(_ bytes: UnsafeRawBufferPointer, count: Int, dtype: DType) -> Double {
+        var largest = 0.0
+        for i in 0..<count { let v = abs(element(bytes, i, dtype).0); if v.isFinite { largest = max(largest, v) } }
+        return largest
+    }
+
+    /// As above with the magnitude floor given: a tensor compared slice by slice floors every slice at the whole
+    /// tensor's largest magnitude, found beforehand.
+    public static func compare(name: String, dtype: DType, count: Int, actual: UnsafeRawBufferPointer,
+                               expected: UnsafeRawBufferPointer, scale: UnsafeRawBufferPointer?,
+                               floor: Double) -> TensorComparison {
         var differing = 0, beyond = 0, maxULP = 0
         var maxError = 0.0, maxScaled = 0.0
-        var floor = 0.0
-        if floorAtTensorMaximum {
-            for i in 0..<count { let v = abs(element(expected, i, dtype).0); if v.isFinite { floor = max(floor, v) } }
-        }
         for i in 0..<count {
             let (a, ia) = element(actual, i, dtype)
             let (e, ie) = element(expected, i, dtype)
