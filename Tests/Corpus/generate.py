@@ -976,6 +976,27 @@ def merged_file():
     merged = [w[o * IN + i] + scale * sum(b[o * RANK + k] * a[k * IN + i] for k in range(RANK))
               for o in range(OUT) for i in range(IN)]
     return safetensors([(name, dtype, shape, f32(merged)), norm], {"format": "pt"})
+def lycoris_cases():
+    """LoHa and LoKr modules with a broken tensor of each role family (appended last so earlier cases keep their
+    numbers)."""
+    def merge_case(slug, description, exit, fragment, peft_type, tensors):
+        category = "base-mismatch" if exit == 3 else "adapter-config"
+        files = base_files()
+        files.update(adapter_files(config={"peft_type": peft_type, "r": 2, "alpha": 2, "target_modules": ["q_proj"]},
+                                   tensors=[(KEY + "." + role, "F32", shape, f32(ramp(shape[0] * shape[1] if len(shape) == 2
+                                                                                      else 2 * 2 * 3 * 3)))
+                                            for role, shape in tensors]))
+        case(slug, category, description, files, MERGE, exit, fragment)
+
+    merge_case("loha-missing-partner", "a LoHa module with hada_w1_a but no hada_w1_b", 2,
+               "missing tensor 'hada_w1_b'", "LOHA",
+               [("hada_w1_a", [OUT, 2]), ("hada_w2_a", [OUT, 2]), ("hada_w2_b", [2, IN])])
+    merge_case("lokr-wrong-shape", "LoKr factors whose Kronecker product is 8x6 for an 8x8 weight", 3,
+               "kron of w1 [2, 2] and w2 [4, 3] has shape [8, 6] but the base weight has shape [8, 8]", "LOKR",
+               [("lokr_w1", [2, 2]), ("lokr_w2", [4, 3])])
+    merge_case("lokr-convolution", "a LoKr module with the lokr_t2 core of a convolution", 2,
+               "not supported yet: LoKr on convolutions", "LOKR",
+               [("lokr_w1", [2, 2]), ("lokr_w2_a", [2, 2]), ("lokr_w2_b", [2, 2]), ("lokr_t2", [2, 2, 3, 3])])
 
 
 def controls():
@@ -1041,6 +1062,7 @@ def main():
     legacy_cases()
     mlx_cases()
     audit_cases()
+    lycoris_cases()
     controls()
     slugs = [c["slug"] for c in CASES]
     assert len(set(slugs)) == len(slugs), "duplicate slugs"

@@ -68,6 +68,8 @@ public enum MethodRegistry {
         Bone.self,
         MiSS.self,
         IA3.self,
+        LoHa.self,
+        LoKr.self,
     ]
 
     /// The method that reads `peftType`, if any.
