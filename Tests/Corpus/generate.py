@@ -994,7 +994,7 @@ def lycoris_cases():
     merge_case("lokr-wrong-shape", "LoKr factors whose Kronecker product is 8x6 for an 8x8 weight", 3,
                "kron of w1 [2, 2] and w2 [4, 3] has shape [8, 6] but the base weight has shape [8, 8]", "LOKR",
                [("lokr_w1", [2, 2]), ("lokr_w2", [4, 3])])
-    merge_case("lokr-convolution", "a LoKr module with the lokr_t2 core of a convolution", 2,
+    merge_case("lokr-convolution", "a LoKr module with the lokr_t2 core of a convolution", 4,
                "not supported yet: LoKr on convolutions", "LOKR",
                [("lokr_w1", [2, 2]), ("lokr_w2_a", [2, 2]), ("lokr_w2_b", [2, 2]), ("lokr_t2", [2, 2, 3, 3])])
 

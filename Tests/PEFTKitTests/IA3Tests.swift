@@ -73,5 +73,6 @@ private func mergedValues(_ path: String, _ name: String) throws -> [Float] {
     #expect(fit?.details.first?.contains("ia3_l has 4 entries but the base weight has shape [3, 2]") == true)
     let conv = try tinyIA3(in: folder + "/c", vector: [1, 1], shape: [1, 2, 1, 1])
     let convError = peftkitError { _ = try AdapterLoader.load(conv.adapter) }
-    #expect(convError?.details.first?.contains("IA³ on convolutions is not supported yet") == true)
+    #expect(convError?.kind == .unsupported)
+    #expect(convError?.message.contains("not supported yet: IA³ on convolutions") == true)
 }

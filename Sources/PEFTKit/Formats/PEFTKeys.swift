@@ -9,7 +9,8 @@ enum PEFTKeys {
 
     /// Sorts stored tensors into modules (by the method's roles) and carried tensors, and has the method check each
     /// module, collecting every problem.
-    /// - Throws: `PEFTKitError` `.inconsistentAdapter` listing every problem, `.unsupported` for DoRA magnitudes.
+    /// - Throws: `PEFTKitError` `.inconsistentAdapter` listing every problem, `.unsupported` for what the method
+    ///   cannot apply exactly (a convolution module, DoRA magnitudes in a method without DoRA).
     static func adapter(config: PEFTConfig, tensors: [StoredTensor], source: String, format: SourceFormat,
                         fingerprint: String? = nil) throws -> Adapter {
         var problems: [String] = []
@@ -47,8 +48,14 @@ enum PEFTKeys {
             }
         }
 
-        let modules = moduleTensors.keys.sorted().compactMap { path in
-            method.makeModule(path: path, tensors: moduleTensors[path]!, problems: &problems)
+        let modules: [AdaptedModule]
+        do {
+            modules = try moduleTensors.keys.sorted().compactMap { path in
+                try method.makeModule(path: path, tensors: moduleTensors[path]!, problems: &problems)
+            }
+        } catch var error as PEFTKitError where error.file == nil {
+            error.file = source
+            throw error
         }
         if modules.isEmpty && carried.isEmpty && problems.isEmpty {
             problems.append("the adapter has no tensors")

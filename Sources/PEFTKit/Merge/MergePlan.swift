@@ -193,7 +193,13 @@ struct MergePlan: Sendable {
                                        "not supported: unmerging this module: \(refusal)")
                 }
                 var found: [String] = []
-                let changes = adapter.method.changes(of: module, baseShape: { self.tensor($0)?.shape }, problems: &found)
+                let changes: [ModuleChange]
+                do {
+                    changes = try adapter.method.changes(of: module, baseShape: { self.tensor($0)?.shape }, problems: &found)
+                } catch var error as PEFTKitError where error.file == nil {
+                    error.file = adapter.source
+                    throw error
+                }
                 problems += found
                 for change in changes {
                     var tensor = tensors[change.tensor]!

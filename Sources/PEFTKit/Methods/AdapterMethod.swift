@@ -28,11 +28,13 @@ public protocol AdapterMethod: Sendable {
 
     /// Checks one module's tensors against each other and the config, and resolves its parameters (rank after
     /// `rank_pattern`, scaling …); nil, with the problems noted, when they disagree.
-    func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule?
+    /// - Throws: `PEFTKitError` `.unsupported` for a module peftkit cannot apply exactly (a convolution's tensors).
+    func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule?
 
     /// The changes `module` makes to base tensors, each checked against the base: `baseShape` gives the shape of a
-    /// base tensor by name (nil when the base has none). Problems are noted, not thrown.
-    func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange]
+    /// base tensor by name (nil when the base has none). Misfits are noted in `problems`, not thrown.
+    /// - Throws: `PEFTKitError` `.unsupported` for a base tensor peftkit cannot apply the module to (a convolution).
+    func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange]
 
     /// What the peftkit format records for a module beyond its kind, rank and tensors (spec/adapter-format.md).
     func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)]

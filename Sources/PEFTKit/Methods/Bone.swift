@@ -29,12 +29,12 @@ public struct Bone: AdapterMethod {
         blocks = BlockSettings(config: json, role: Self.block, allowsMini: false, problems: &problems)
     }
 
-    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
-        blocks.makeModule(path: path, tensors: tensors, problems: &problems)
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
+        try blocks.makeModule(path: path, tensors: tensors, problems: &problems)
     }
 
-    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
-        blocks.changes(of: module, baseShape: baseShape, problems: &problems)
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
+        try blocks.changes(of: module, baseShape: baseShape, problems: &problems)
     }
 }
 
@@ -188,7 +188,7 @@ struct BlockSettings: Sendable {
         miniRank = variant == .mini ? PEFTConfig.positiveInteger(json, "mini_r", required: true, &problems) : nil
     }
 
-    func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
+    func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
         guard let block = tensors[role]?.shape else { return nil }
         let r = rank
         let fits: Bool, expected: String
@@ -204,7 +204,7 @@ struct BlockSettings: Sendable {
         return AdaptedModule(path: path, kind: .linear, rank: r, alpha: nil, scaling: 1, tensors: tensors)
     }
 
-    func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+    func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
         guard let (rows, columns) = module.baseMatrixShape(baseShape, problems: &problems) else { return [] }
         let name = "module '\(module.path)'", r = rank, block = module.tensors[role]!, shape = block.shape
         switch variant {

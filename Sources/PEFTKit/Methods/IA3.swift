@@ -28,11 +28,13 @@ public struct IA3: AdapterMethod {
     /// Whether the module scales its inputs (ia3_l is 1 × in) rather than its outputs (out × 1).
     private func isFeedforward(_ module: AdaptedModule) -> Bool { module.tensors[Self.vector]!.shape[0] == 1 }
 
-    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
         guard let shape = tensors[Self.vector]?.shape else { return nil }
+        if shape.count > 2 {
+            throw PEFTKitError(.unsupported, tensor: path, "not supported yet: IA³ on convolutions (ia3_l has shape \(shape))")
+        }
         guard shape.count == 2, shape[0] == 1 || shape[1] == 1 else {
-            problems.append("module '\(path)': ia3_l has shape \(shape); expected [1, in_features] or [out_features, 1]"
-                + (shape.count > 2 ? " (IA³ on convolutions is not supported yet)" : ""))
+            problems.append("module '\(path)': ia3_l has shape \(shape); expected [1, in_features] or [out_features, 1]")
             return nil
         }
         return AdaptedModule(path: path, kind: .linear, rank: 1, alpha: nil, scaling: 1, tensors: tensors)
@@ -44,7 +46,7 @@ public struct IA3: AdapterMethod {
 
     public var settings: [(key: String, value: JSONValue)] { [("fan_in_fan_out", .bool(fanInFanOut))] }
 
-    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
         guard let (rows, columns) = module.baseMatrixShape(baseShape, problems: &problems) else { return [] }
         let vector = module.tensors[Self.vector]!, feedforward = isFeedforward(module)
         let length = feedforward ? vector.shape[1] : vector.shape[0]

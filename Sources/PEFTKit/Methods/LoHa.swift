@@ -29,11 +29,10 @@ public struct LoHa: AdapterMethod {
         lycoris = LycorisSettings(config: json, problems: &problems)
     }
 
-    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
         let before = problems.count
         if let core = tensors[Self.t1] ?? tensors[Self.t2] {
-            problems.append("module '\(path)': not supported yet: LoHa on convolutions (\(core.name) has shape \(core.shape))")
-            return nil
+            throw PEFTKitError(.unsupported, tensor: path, "not supported yet: LoHa on convolutions (\(core.name) has shape \(core.shape))")
         }
         let rank = lycoris.rank(for: path)
         for role in [Self.w1a, Self.w1b, Self.w2a, Self.w2b] where tensors[role] == nil {
@@ -65,11 +64,10 @@ public struct LoHa: AdapterMethod {
         lycoris.recordedParameters(of: module)
     }
 
-    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
         let outFeatures = module.tensors[Self.w1a]!.shape[0], inFeatures = module.tensors[Self.w1b]!.shape[1]
         if let shape = baseShape(module.weightName), shape.count > 2 {
-            problems.append("module '\(module.path)': not supported yet: LoHa on convolutions (base weight has shape \(shape))")
-            return []
+            throw PEFTKitError(.unsupported, tensor: module.path, "not supported yet: LoHa on convolutions (base weight has shape \(shape))")
         }
         guard let (rows, columns) = module.baseMatrixShape(baseShape, problems: &problems) else { return [] }
         // PEFT reshapes ΔW to W's shape without transposing: the weight must be out × in as nn.Linear stores it.

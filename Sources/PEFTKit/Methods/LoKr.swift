@@ -95,14 +95,12 @@ public struct LoKr: AdapterMethod {
     static let first = Factor(whole: w1, a: w1a, b: w1b)
     static let second = Factor(whole: w2, a: w2a, b: w2b)
 
-    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
         if let core = tensors[Self.t2] {
-            problems.append("module '\(path)': not supported yet: LoKr on convolutions (\(core.name) has shape \(core.shape))")
-            return nil
+            throw PEFTKitError(.unsupported, tensor: path, "not supported yet: LoKr on convolutions (\(core.name) has shape \(core.shape))")
         }
         if let w2 = tensors[Self.w2], w2.shape.count > 2 {
-            problems.append("module '\(path)': not supported yet: LoKr on convolutions (\(w2.name) has shape \(w2.shape))")
-            return nil
+            throw PEFTKitError(.unsupported, tensor: path, "not supported yet: LoKr on convolutions (\(w2.name) has shape \(w2.shape))")
         }
         let rank = lycoris.rank(for: path)
         let first = Self.first.shape(tensors, rank: rank, path: path, problems: &problems)
@@ -123,10 +121,9 @@ public struct LoKr: AdapterMethod {
                 Self.second.shape(module.tensors, rank: module.rank, path: module.path, problems: &ignored)!)
     }
 
-    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
         if let shape = baseShape(module.weightName), shape.count > 2 {
-            problems.append("module '\(module.path)': not supported yet: LoKr on convolutions (base weight has shape \(shape))")
-            return []
+            throw PEFTKitError(.unsupported, tensor: module.path, "not supported yet: LoKr on convolutions (base weight has shape \(shape))")
         }
         guard let (rows, columns) = module.baseMatrixShape(baseShape, problems: &problems) else { return [] }
         let (first, second) = factorShapes(module)

@@ -156,7 +156,7 @@ public struct LoRA: AdapterMethod {
 
     // MARK: Modules
 
-    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
         let before = problems.count
         let rank = rank(for: path)
         func shape(_ role: TensorRole) -> [Int]? { tensors[role]?.shape }
@@ -190,8 +190,7 @@ public struct LoRA: AdapterMethod {
             require(Self.a)
             require(Self.b)
             if let a = shape(Self.a), a.count > 2 {
-                problems.append("module '\(path)': not supported yet: LoRA on convolutions (lora_A has shape \(a))")
-                return nil
+                throw PEFTKitError(.unsupported, tensor: path, "not supported yet: LoRA on convolutions (lora_A has shape \(a))")
             }
             if let a = shape(Self.a), let b = shape(Self.b) {
                 expect(a.count == 2 && b.count == 2, "lora_A \(a) and lora_B \(b) must be matrices")
@@ -249,7 +248,7 @@ public struct LoRA: AdapterMethod {
         case transposedProduct
     }
 
-    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
         guard let layout = layout(of: module, baseShape: baseShape, problems: &problems) else { return [] }
         let (aRole, bRole) = module.kind == .embedding ? (Self.embeddingA, Self.embeddingB) : (Self.a, Self.b)
         let a = module.tensors[aRole]!, b = module.tensors[bRole]!, rank = module.rank

@@ -21,12 +21,12 @@ public struct MiSS: AdapterMethod {
         blocks = BlockSettings(config: json, role: Self.block, allowsMini: true, problems: &problems)
     }
 
-    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) -> AdaptedModule? {
-        blocks.makeModule(path: path, tensors: tensors, problems: &problems)
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule? {
+        try blocks.makeModule(path: path, tensors: tensors, problems: &problems)
     }
 
-    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
-        blocks.changes(of: module, baseShape: baseShape, problems: &problems)
+    public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
+        try blocks.changes(of: module, baseShape: baseShape, problems: &problems)
     }
 
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] {
@@ -55,8 +55,8 @@ public struct MiSS: AdapterMethod {
         config.sort { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }
         let parsed = try PEFTConfig.parse(.object(config), source: adapter.source)
         var problems: [String] = []
-        let modules = adapter.modules.compactMap { module in
-            parsed.method.makeModule(path: module.path, tensors: [block: module.tensors[Bone.block]!], problems: &problems)
+        let modules = try adapter.modules.compactMap { module in
+            try parsed.method.makeModule(path: module.path, tensors: [block: module.tensors[Bone.block]!], problems: &problems)
         }
         guard problems.isEmpty, modules.count == adapter.modules.count else {
             throw PEFTKitError(.inconsistentAdapter, file: adapter.source, "the Bone adapter does not make a MiSS one",
