@@ -17,7 +17,7 @@ public struct MergeRequest: Sendable {
     public var maxShardSize: Int?
     public var force: Bool
     public var allowNonFinite: Bool
-    /// Rows of Float32 elements a slice may hold: the engine's working set per worker (tests make it small so that
+    /// Float32 elements a slice of rows may hold: the engine's working set per worker (tests make it small so that
     /// one tensor spans several slices).
     public var sliceElements: Int
 

@@ -22,14 +22,9 @@ public struct LoRA: AdapterMethod {
     static let embeddingB = TensorRole("lora_embedding_B")
     public static let roles = [a, b, bias, embeddingA, embeddingB, magnitude]
 
-    /// `r`: the rank of modules no `rank_pattern` key matches.
-    public let rank: Int
-    /// `lora_alpha`.
-    public let alpha: Double
+    /// `r`, `lora_alpha`, `rank_pattern` and `alpha_pattern`.
+    public let ranks: RankPatterns
     public let useRSLoRA: Bool
-    /// `rank_pattern` and `alpha_pattern` in the order written: the first matching key wins, as in PEFT.
-    public let rankPattern: [(key: String, value: Int)]
-    public let alphaPattern: [(key: String, value: Double)]
     public let fanInFanOut: Bool
     public let loraBias: Bool
     /// DoRA (DoRA.swift): every module renormalised to its `lora_magnitude_vector`.
@@ -84,29 +79,7 @@ public struct LoRA: AdapterMethod {
                                "not supported: LoRA config field '\(unknown.key)' is set, and peftkit cannot tell whether it "
                                + "changes the merge (a newer PEFT?)")
         }
-        rank = PEFTConfig.positiveInteger(json, "r", required: true, &problems) ?? 1
-        alpha = PEFTConfig.number(json, "lora_alpha", required: true, &problems) ?? 1
-        var rankPattern: [(key: String, value: Int)] = []
-        var alphaPattern: [(key: String, value: Double)] = []
-        for (key, value) in PEFTConfig.patternEntries(json, "rank_pattern", &problems) {
-            guard let r = value.integerValue, r > 0, let rank = Int(exactly: r) else {
-                problems.append("rank_pattern['\(key)'] is \(PEFTConfig.describe(value)); expected a positive integer")
-                continue
-            }
-            rankPattern.append((key, rank))
-        }
-        for (key, value) in PEFTConfig.patternEntries(json, "alpha_pattern", &problems) {
-            guard let a = value.doubleValue, a.isFinite else {
-                problems.append("alpha_pattern['\(key)'] is \(PEFTConfig.describe(value)); expected a number")
-                continue
-            }
-            alphaPattern.append((key, a))
-        }
-        for key in rankPattern.map(\.key) + alphaPattern.map(\.key) where (try? NSRegularExpression(pattern: key)) == nil {
-            problems.append("pattern key '\(key)' is not a valid regular expression")
-        }
-        self.rankPattern = rankPattern
-        self.alphaPattern = alphaPattern
+        ranks = RankPatterns(config: json, alphaKey: "lora_alpha", problems: &problems)
         useRSLoRA = PEFTConfig.flag(json, "use_rslora", &problems)
         fanInFanOut = PEFTConfig.flag(json, "fan_in_fan_out", &problems)
         loraBias = PEFTConfig.flag(json, "lora_bias", &problems)
@@ -136,17 +109,8 @@ public struct LoRA: AdapterMethod {
 
     // MARK: Per-module parameters
 
-    /// The module's rank after `rank_pattern`.
-    public func rank(for modulePath: String) -> Int {
-        guard let key = PEFTConfig.patternKey(rankPattern.map(\.key), matching: modulePath) else { return rank }
-        return rankPattern.first { $0.key == key }!.value
-    }
-
-    /// The module's alpha after `alpha_pattern`.
-    public func alpha(for modulePath: String) -> Double {
-        guard let key = PEFTConfig.patternKey(alphaPattern.map(\.key), matching: modulePath) else { return alpha }
-        return alphaPattern.first { $0.key == key }!.value
-    }
+    public func rank(for modulePath: String) -> Int { ranks.rank(for: modulePath) }
+    public func alpha(for modulePath: String) -> Double { ranks.alpha(for: modulePath) }
 
     /// alpha / r, or alpha / √r with rsLoRA (computed in Double, as Python does).
     public func scaling(for modulePath: String) -> Double {
@@ -221,7 +185,7 @@ public struct LoRA: AdapterMethod {
     }
 
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] {
-        [("alpha", .finite(module.alpha ?? alpha)), ("scaling", .finite(module.scaling)),
+        [("alpha", .finite(module.alpha ?? ranks.alpha)), ("scaling", .finite(module.scaling)),
          ("fan_in_fan_out", .bool(module.kind == .linear && fanInFanOut))]
     }
 

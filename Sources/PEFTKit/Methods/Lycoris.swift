@@ -5,55 +5,20 @@ import SafeTensors
 /// patterns. Both scale their change by alpha / r, with r and alpha after `rank_pattern` / `alpha_pattern`; PEFT has
 /// no rsLoRA-like option for them. `rank_dropout`, `module_dropout` and `rank_dropout_scale` act only in training.
 struct LycorisSettings: Sendable {
-    /// `r`: the rank of modules no `rank_pattern` key matches.
-    let rank: Int
-    /// `alpha` (not LoRA's `lora_alpha`).
-    let alpha: Double
-    /// In the order written: the first matching key wins, as in PEFT's `get_pattern_key`.
-    let rankPattern: [(key: String, value: Int)]
-    let alphaPattern: [(key: String, value: Double)]
+    let ranks: RankPatterns
 
     init(config json: JSONValue, problems: inout [String]) {
-        rank = PEFTConfig.positiveInteger(json, "r", required: true, &problems) ?? 1
-        alpha = PEFTConfig.number(json, "alpha", required: true, &problems) ?? 1
-        var rankPattern: [(key: String, value: Int)] = []
-        var alphaPattern: [(key: String, value: Double)] = []
-        for (key, value) in PEFTConfig.patternEntries(json, "rank_pattern", &problems) {
-            guard let r = value.integerValue, r > 0, let rank = Int(exactly: r) else {
-                problems.append("rank_pattern['\(key)'] is \(PEFTConfig.describe(value)); expected a positive integer")
-                continue
-            }
-            rankPattern.append((key, rank))
-        }
-        for (key, value) in PEFTConfig.patternEntries(json, "alpha_pattern", &problems) {
-            guard let a = value.doubleValue, a.isFinite else {
-                problems.append("alpha_pattern['\(key)'] is \(PEFTConfig.describe(value)); expected a number")
-                continue
-            }
-            alphaPattern.append((key, a))
-        }
-        for key in rankPattern.map(\.key) + alphaPattern.map(\.key) where (try? NSRegularExpression(pattern: key)) == nil {
-            problems.append("pattern key '\(key)' is not a valid regular expression")
-        }
-        self.rankPattern = rankPattern
-        self.alphaPattern = alphaPattern
+        ranks = RankPatterns(config: json, alphaKey: "alpha", problems: &problems)
     }
 
-    func rank(for modulePath: String) -> Int {
-        guard let key = PEFTConfig.patternKey(rankPattern.map(\.key), matching: modulePath) else { return rank }
-        return rankPattern.first { $0.key == key }!.value
-    }
-
-    func alpha(for modulePath: String) -> Double {
-        guard let key = PEFTConfig.patternKey(alphaPattern.map(\.key), matching: modulePath) else { return alpha }
-        return alphaPattern.first { $0.key == key }!.value
-    }
+    func rank(for modulePath: String) -> Int { ranks.rank(for: modulePath) }
+    func alpha(for modulePath: String) -> Double { ranks.alpha(for: modulePath) }
 
     /// alpha / r in Double, as Python computes `self.scaling`.
     func scaling(for modulePath: String) -> Double { alpha(for: modulePath) / Double(rank(for: modulePath)) }
 
     func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] {
-        [("alpha", .finite(module.alpha ?? alpha)), ("scaling", .finite(module.scaling))]
+        [("alpha", .finite(module.alpha ?? ranks.alpha)), ("scaling", .finite(module.scaling))]
     }
 }
 
