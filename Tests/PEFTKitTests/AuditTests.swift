@@ -220,3 +220,23 @@ func layerAndKindAreParsed(name: String, layer: Int?, kind: String) {
     let ours = try CheckpointAuditor.verifyMerged(scratch + "/m", base: folder + "/base", adapters: [folder + "/adapter"])
     #expect(ours.passed)
 }
+
+/// The newest PEFT (0.21.2 with transformers 5.24, fixtures/generate_peft021.py): its ordinary LoRA merge passes;
+/// its merge of a LoRA on a tied head still keeps the head tied and changes the embedding, and is flagged.
+@Test func newestPEFTsMergesAreJudgedRight() throws {
+    let root = repositoryRoot + "/fixtures/audit-peft021"
+    for name in ["lora-llama-f32", "tied-head-qwen2-f32"] {
+        let record = try AdapterLoader.readJSON("\(root)/\(name)/audit.json")
+        #expect(record["versions"]?["peft"] == .string("0.21.2"))
+    }
+    let plain = "\(root)/lora-llama-f32"
+    let ordinary = try CheckpointAuditor.verifyMerged(plain + "/peft_merged", base: plain + "/base", adapters: [plain + "/adapter"])
+    #expect(ordinary.passed)
+    #expect(ordinary.tensors.filter(\.adapted).count == 14)
+
+    let tied = "\(root)/tied-head-qwen2-f32"
+    let bug = try CheckpointAuditor.verifyMerged(tied + "/peft_merged", base: tied + "/base", adapters: [tied + "/adapter"])
+    #expect(!bug.passed)
+    #expect(bug.findings.contains { $0.contains("tied-embedding merge bug") })
+    #expect(Set(bug.tensors.filter { !$0.passed }.map(\.name)) == ["lm_head.weight", "model.embed_tokens.weight"])
+}
