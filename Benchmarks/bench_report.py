@@ -5,7 +5,7 @@
     bench_report.py table CSV [--meta FILE]          Markdown summary of the raw CSV (medians, ratios, targets)
 
 Raw CSV columns: label,kind,adapter,layers,run,exit,wall_s,peak_rss_kb,user_s,sys_s
-kind is one of cp, peftkit, baseline (run.sh --baseline), peft, inspect, true. Empty fields mean "not measured".
+kind is one of cp, peftkit, baseline (run.sh --baseline), audit (verify --merged, diff), peft, inspect, true. Empty fields mean "not measured".
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def table(csv_path: str, meta_path: str | None) -> None:
         rss = g.median("peak_rss_kb")
         rss_mb = rss / 1024 if rss is not None else None
         ratio = speedup = None
-        if g.kind in ("peftkit", "baseline"):
+        if g.kind in ("peftkit", "baseline", "audit"):
             cp = ok_median_wall(find(groups, "cp", "", g.layers))
             if cp:
                 ratio = statistics.median(walls) / cp
@@ -144,6 +144,9 @@ def target_checks(g: Group, ratio, speedup, rss_mb, median_wall) -> list[str]:
         return "PASS" if ok else "FAIL"
 
     lines = []
+    if g.kind == "audit" and rss_mb is not None:
+        lines.append(f"- {verdict(rss_mb <= RSS_TARGET_MB)} {g.label}: peak RSS {rss_mb:.0f} MB "
+                     f"(target ≤ {RSS_TARGET_MB:.0f} MB)")
     if g.kind == "peftkit":
         if ratio is not None and g.adapter in RATIO_TARGET and g.layers == "22":
             t = RATIO_TARGET[g.adapter]

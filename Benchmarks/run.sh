@@ -12,6 +12,7 @@ LARGE_RUNS=2
 INSPECT_RUNS=30
 PEFTKIT=""
 BASELINE=""
+MERGED=/dev/shm/peftkit-bench-merged
 CACHE="${HOME}/.cache/peftkit-bench"
 PYTHON="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
 PYTHON="${PYTHON:-python3}"
@@ -28,6 +29,7 @@ Times, interleaved round-robin, on the inputs made by Benchmarks/make_inputs.py:
   cp -r BASE OUT                                   (the floor: copying the checkpoint)
   peftkit merge BASE ADAPTER --output OUT --force --quiet   for LoRA r16, Bone r64, Bat r64
   python Benchmarks/peft_merge.py BASE ADAPTER OUT (HF PEFT load + merge_and_unload + save_pretrained)
+  peftkit verify --merged MERGED --base BASE lora-r16, peftkit diff BASE MERGED (MERGED made once, untimed)
   peftkit inspect BASE                             (hyperfine, against \`true\`)
 and with --large, cp and peftkit merge of the 66-layer checkpoint (peak RSS flatness).
 Each merge/copy runs under /usr/bin/time -v (wall time, peak RSS); outputs go to
@@ -152,6 +154,10 @@ measure() {
 bench_small() {
     local root="$CACHE/llama-22l-bf16" base="$CACHE/llama-22l-bf16/base" r a p peft_done=0
     echo "== cp, peftkit merge and HF PEFT merge, 22 layers, interleaved: $RUNS rounds, $PEFT_RUNS HF PEFT run(s) each"
+    # verify --merged and diff read the base and a merge of it (made once, untimed, on tmpfs) and write nothing.
+    rm -rf "$MERGED"
+    "$PEFTKIT" merge "$base" "$root/lora-r16" --output "$MERGED" --quiet >>"$WORK/commands.log" 2>&1 \
+        || die "peftkit merge of lora-r16 failed (see $WORK/commands.log)"
     for ((r = 1; r <= RUNS; r++)); do
         measure "cp -r" cp "" 22 "$r" -- cp -r "$base" "$OUT"
         for a in "${ADAPTERS[@]}"; do
@@ -162,6 +168,9 @@ bench_small() {
                     "$BASELINE" merge "$base" "$root/$a" --output "$OUT" --force --quiet
             fi
         done
+        measure "peftkit verify --merged lora r16" audit lora-r16 22 "$r" -- \
+            "$PEFTKIT" verify --merged "$MERGED" --base "$base" "$root/lora-r16"
+        measure "peftkit diff base merged (lora r16)" audit diff 22 "$r" -- "$PEFTKIT" diff "$base" "$MERGED"
         for ((p = peft_done; p < (r * PEFT_RUNS + RUNS / 2) / RUNS; p++)); do
             peft_done=$((p + 1))
             for a in "${ADAPTERS[@]}"; do
@@ -170,6 +179,7 @@ bench_small() {
             done
         done
     done
+    rm -rf "$MERGED"
 }
 
 bench_inspect() {
