@@ -98,7 +98,7 @@ public enum CheckpointAuditor {
                 continue
             }
             if let mismatch = headerMismatch(tensor, location) { results.append(mismatch); continue }
-            let expected = try ExpectedTensor(tensor, plan: plan)
+            let expected = try PreparedTensor(tensor, plan: plan)
             let comparison = try compare(expected, with: location, buffers: &buffers)
             results.append(.init(name: tensor.name, status: comparison.maxScaledULP <= tensor.mergedMaxULP ? .passed : .failed,
                                  adapted: tensor.isAdapted, expectedDType: tensor.outputDType, expectedShape: tensor.shape,
@@ -140,11 +140,11 @@ public enum CheckpointAuditor {
             var restored = tensor
             restored.replacement = nil
             restored.changes = []
-            let baseValue = try ExpectedTensor(restored, plan: plan)
+            let baseValue = try PreparedTensor(restored, plan: plan)
             if tensor.changes.isEmpty {
                 var comparison = try compare(baseValue, with: location, buffers: &buffers)
                 if comparison.maxScaledULP > mergedMaxULP, tensor.replacement != nil {
-                    comparison = try compare(try ExpectedTensor(tensor, plan: plan), with: location, buffers: &buffers)
+                    comparison = try compare(try PreparedTensor(tensor, plan: plan), with: location, buffers: &buffers)
                 }
                 results.append(.init(name: tensor.name, status: comparison.maxScaledULP <= tensor.mergedMaxULP ? .passed : .failed,
                                      adapted: tensor.isAdapted, expectedDType: tensor.outputDType, expectedShape: tensor.shape,
@@ -153,8 +153,8 @@ public enum CheckpointAuditor {
                                      identicalFraction: comparison.identicalFraction, bound: nil))
                 continue
             }
-            let merged = try ExpectedTensor(tensor, plan: plan)
-            let undo = try ExpectedTensor(tensor, plan: plan, direction: .unmerge)
+            let merged = try PreparedTensor(tensor, plan: plan)
+            let undo = try PreparedTensor(tensor, plan: plan, direction: .unmerge)
             let bound = try driftBound(merged: merged, undo: undo, base: baseValue, buffers: &buffers)
             let drift = try compare(baseValue, with: location, buffers: &buffers)
             let ratio = drift.maxAbsoluteError == 0 && drift.differing == 0 ? 0
@@ -204,7 +204,7 @@ public enum CheckpointAuditor {
     /// Compares the checkpoint's tensor at `location` (same dtype and shape) with `expected`, one slice of rows at a
     /// time: expected values rounded to the output dtype, the starting value as the operand magnitude (W of W + ΔW),
     /// and for F32/F64 the floor at the expected tensor's largest magnitude, found in a first pass.
-    static func compare(_ expected: ExpectedTensor, with location: Checkpoint.Location,
+    static func compare(_ expected: PreparedTensor, with location: Checkpoint.Location,
                         buffers: inout Buffers) throws -> TensorComparison {
         let tensor = expected.tensor, dtype = tensor.outputDType
         let actual = try location.file.view(location.info)
@@ -279,7 +279,7 @@ public enum CheckpointAuditor {
     /// into the base: half an ulp at the merged values' largest magnitude times the undo's amplification, half an ulp
     /// for the result's rounding, the change's Float32 sum; for F32/F64 one ulp at the tensor's largest magnitude for
     /// the summation order (spec/tolerance.md §3).
-    private static func driftBound(merged: ExpectedTensor, undo: ExpectedTensor, base: ExpectedTensor,
+    private static func driftBound(merged: PreparedTensor, undo: PreparedTensor, base: PreparedTensor,
                                    buffers: inout Buffers) throws -> Double {
         let dtype = merged.tensor.outputDType
         let amplification = undo.operations.reduce(1.0) { $0 * $1.roundingAmplification }
@@ -316,7 +316,7 @@ public enum CheckpointAuditor {
             let name = location.info.name
             if name.hasSuffix("lm_head.weight"), let embedding, location.info.shape == embedding.shape,
                location.info.dtype == embedding.outputDType {
-                let comparison = try compare(try ExpectedTensor(embedding, plan: plan), with: location, buffers: &buffers)
+                let comparison = try compare(try PreparedTensor(embedding, plan: plan), with: location, buffers: &buffers)
                 results.append(.init(name: name, status: comparison.maxScaledULP <= mergedMaxULP ? .passed : .failed,
                                      adapted: embedding.isAdapted, expectedDType: embedding.outputDType,
                                      expectedShape: embedding.shape, actualDType: location.info.dtype,

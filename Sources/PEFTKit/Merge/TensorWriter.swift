@@ -83,60 +83,22 @@ final class TensorWriter {
     // MARK: Changing
 
     private func transform(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
-        // The starting value: the base's, or the whole tensor an adapter carries in its place.
-        let start = try tensor.replacement ?? StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
-        let operations = try tensor.changes.map { planned in
-            do {
-                return try planned.change.prepare(planned.scale, request.direction)
-            } catch var error as PEFTKitError where error.file == nil {
-                error.file = run.plan.adapters[planned.adapterIndex].source
-                throw error
-            }
-        }
-        if let worst = operations.compactMap(\.conditionNumber).max() {
+        let prepared = try PreparedTensor(tensor, plan: run.plan, direction: request.direction)
+        if let worst = prepared.operations.compactMap(\.conditionNumber).max() {
             run.update { $0.worstCondition = max($0.worstCondition ?? 0, worst) }
         }
-        // A matrix is a stack of rows; a vector (a bias) is one row.
-        let (rows, columns) = tensor.shape.count == 2 ? (tensor.shape[0], tensor.shape[1]) : (1, tensor.shape.first ?? 1)
-        let alignment = operations.reduce(1) { lcm($0, $1.rowAlignment) }
-        let rowsPerSlice = max(alignment, request.sliceElements / max(columns, 1) / alignment * alignment)
-        let slices = stride(from: 0, to: rows, by: rowsPerSlice).map { $0..<min(rows, $0 + rowsPerSlice) }
-        let inSize = start.dtype.bitWidth / 8, outSize = tensor.outputDType.bitWidth / 8
-
-        /// Decodes the slice's rows of the starting value into `floats`.
-        func decode(_ rowRange: Range<Int>, into floats: UnsafeMutableBufferPointer<Float>) throws {
-            try start.withBytes { raw in
-                let bytes = UnsafeRawBufferPointer(rebasing: raw[(rowRange.lowerBound * columns * inSize)...]
-                    .prefix(rowRange.count * columns * inSize))
-                Codec.decode(bytes, as: start.dtype, into: floats)
-            }
-        }
-
-        // An operation that needs a first pass sees the whole tensor as it stands after the operations before it,
-        // each of which is complete by then: one pass per such operation.
-        for (index, operation) in operations.enumerated() where operation.needsFirstPass {
-            for rowRange in slices {
-                try withBuffer(count: rowRange.count * columns) { floats in
-                    try decode(rowRange, into: floats)
-                    let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
-                    for earlier in operations[..<index] { earlier.apply(to: slice) }
-                    operation.observe(slice)
-                }
-            }
-        }
-
+        let columns = prepared.columns, outSize = tensor.outputDType.bitWidth / 8
         let isUnmerge = request.direction == .unmerge
-        let summationError = isUnmerge ? operations.reduce(0) { $0 + $1.summationError } : 0
-        let amplification = operations.reduce(1.0) { $0 * $1.roundingAmplification }
-        var releasedBytes = 0
-        for rowRange in slices {
+        let summationError = isUnmerge ? prepared.operations.reduce(0) { $0 + $1.summationError } : 0
+        let amplification = prepared.operations.reduce(1.0) { $0 * $1.roundingAmplification }
+        var released = 0..<0
+        for rowRange in prepared.slices {
             var inputMagnitude: Float = 0, outputMagnitude: Float = 0
             try encodeSlice(count: rowRange.count * columns, dtype: tensor.outputDType, into: file, tensor: tensor.name,
                             at: rowRange.lowerBound * columns * outSize) { floats in
-                try decode(rowRange, into: floats)
+                try prepared.startValues(rowRange, into: floats)
                 if isUnmerge { inputMagnitude = Self.largestMagnitude(floats) }
-                let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
-                for operation in operations { operation.apply(to: slice) }
+                prepared.applyChanges(rowRange, to: floats)
                 if isUnmerge { outputMagnitude = Self.largestMagnitude(floats) }
             } check: { floats, nonFinite in
                 try checkFinite(floats, nonFinite: nonFinite, tensor: tensor, firstRow: rowRange.lowerBound, columns: columns)
@@ -150,11 +112,7 @@ final class TensorWriter {
                     + summationError
                 run.update { $0.driftBound = max($0.driftBound, bound) }
             }
-            let consumedBytes = rowRange.upperBound * columns * inSize
-            if consumedBytes - releasedBytes >= Self.releaseBytes || rowRange.upperBound == rows {
-                start.release(bytes: releasedBytes..<consumedBytes)
-                releasedBytes = consumedBytes
-            }
+            prepared.release(&released, upTo: rowRange.upperBound, alongWith: nil)
         }
     }
 
@@ -200,10 +158,5 @@ final class TensorWriter {
 
     private static func largestMagnitude(_ values: UnsafeMutableBufferPointer<Float>) -> Float {
         values.reduce(0) { max($0, $1.isFinite ? $1.magnitude : 0) }
-    }
-
-    private func lcm(_ a: Int, _ b: Int) -> Int {
-        func gcd(_ x: Int, _ y: Int) -> Int { y == 0 ? x : gcd(y, x % y) }
-        return a / gcd(a, b) * b
     }
 }

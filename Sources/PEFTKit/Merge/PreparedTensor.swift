@@ -1,10 +1,10 @@
 import Foundation
 import SafeTensors
 
-/// What a planned output tensor must hold, produced slice by slice of rows exactly as `TensorWriter` produces it
-/// (decode the starting value → apply every change in Float32), but into a caller's buffer instead of a file, so an
-/// audit can hold a checkpoint against it without writing a second model to disk.
-final class ExpectedTensor {
+/// A planned output tensor with its changes prepared (tensors decoded, first passes done), producing its values slice
+/// by slice of rows into a caller's buffer: decode the starting value, apply every change in Float32. `TensorWriter`
+/// encodes and writes them; an audit holds a checkpoint against them without writing a second model to disk.
+final class PreparedTensor {
     let tensor: OutputTensor
     let start: StoredTensor
     let operations: [any WeightOperation]
@@ -52,6 +52,11 @@ final class ExpectedTensor {
     /// Rows `rowRange` of the result, in Float32 (not yet rounded to the output dtype).
     func values(_ rowRange: Range<Int>, into floats: UnsafeMutableBufferPointer<Float>) throws {
         try startValues(rowRange, into: floats)
+        applyChanges(rowRange, to: floats)
+    }
+
+    /// Applies every change to rows `rowRange` of the starting value, held in `floats`.
+    func applyChanges(_ rowRange: Range<Int>, to floats: UnsafeMutableBufferPointer<Float>) {
         let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
         for operation in operations { operation.apply(to: slice) }
     }
@@ -74,7 +79,8 @@ final class ExpectedTensor {
         rowRange = row..<row
     }
 
-    /// As in `TensorWriter`: an operation that needs a first pass sees every slice as it stands after the ones before.
+    /// An operation that needs a first pass sees the whole tensor as it stands after the operations before it, each of
+    /// which is complete by then: one pass per such operation.
     private func firstPasses() throws {
         var buffer = [Float]()
         for (index, operation) in operations.enumerated() where operation.needsFirstPass {
