@@ -91,10 +91,7 @@ public enum CheckpointAuditor {
         var buffers = Buffers()
         for tensor in planned {
             guard let location = actual.location(of: tensor.name) else {
-                results.append(.init(name: tensor.name, status: .missing, adapted: tensor.isAdapted,
-                                     expectedDType: tensor.outputDType, expectedShape: tensor.shape, actualDType: nil,
-                                     actualShape: nil, maxAbsoluteError: .infinity, measure: .infinity,
-                                     identicalFraction: 0, bound: nil))
+                results.append(missing(tensor))
                 continue
             }
             if let mismatch = headerMismatch(tensor, location) { results.append(mismatch); continue }
@@ -130,10 +127,7 @@ public enum CheckpointAuditor {
         let planned = plan.files.flatMap(\.tensors).filter { $0.source?.info.name == $0.name }
         for tensor in planned {
             guard let location = actual.location(of: tensor.name) else {
-                results.append(.init(name: tensor.name, status: .missing, adapted: tensor.isAdapted,
-                                     expectedDType: tensor.outputDType, expectedShape: tensor.shape, actualDType: nil,
-                                     actualShape: nil, maxAbsoluteError: .infinity, measure: .infinity,
-                                     identicalFraction: 0, bound: nil))
+                results.append(missing(tensor))
                 continue
             }
             if let mismatch = headerMismatch(tensor, location) { results.append(mismatch); continue }
@@ -189,6 +183,13 @@ public enum CheckpointAuditor {
             if encoded.count < bytes { encoded = [UInt8](repeating: 0, count: bytes) }
             if scale.count < bytes { scale = [UInt8](repeating: 0, count: bytes) }
         }
+    }
+
+    /// The result for a planned tensor the checkpoint does not have.
+    private static func missing(_ tensor: OutputTensor) -> AuditedTensor {
+        AuditedTensor(name: tensor.name, status: .missing, adapted: tensor.isAdapted, expectedDType: tensor.outputDType,
+                      expectedShape: tensor.shape, actualDType: nil, actualShape: nil, maxAbsoluteError: .infinity,
+                      measure: .infinity, identicalFraction: 0, bound: nil)
     }
 
     private static func headerMismatch(_ tensor: OutputTensor, _ location: Checkpoint.Location) -> AuditedTensor? {
