@@ -66,7 +66,10 @@ struct AdapterFormatChoice: ExpressibleByArgument, Sendable {
 enum RegistryHelp {
     static var methods: String {
         MethodRegistry.all.map { method in
-            "  " + method.peftTypes.joined(separator: ", ").padding(toLength: 8, withPad: " ", startingAt: 0) + " " + method.summary
+            // A name longer than its column gets a line of its own, the summary under it, so nothing wraps.
+            let name = method.peftTypes.joined(separator: ", ")
+            let column = name.count < 9 ? name.padding(toLength: 9, withPad: " ", startingAt: 0) : name + "\n" + String(repeating: " ", count: 11)
+            return "  " + column + method.summary
         }.joined(separator: "\n")
     }
 

@@ -72,6 +72,7 @@ public enum MethodRegistry {
         IA3.self,
         LoHa.self,
         LoKr.self,
+        TrainableTokens.self,
     ]
 
     /// The method that reads `peftType`, if any.
