@@ -87,6 +87,11 @@ public enum GGUFFormat: AdapterFormat {
     static let tiedHeadRefusal = "a LoRA on lm_head of a base with tied embeddings: llama.cpp's GGUF of such a base has no "
         + "'output' tensor to apply it to (llama.cpp's own converter writes it anyway, and llama.cpp crashes loading it)"
 
+    /// The refusal of an embed_tokens LoRA on a tied-embedding base.
+    static let tiedEmbeddingRefusal = "a LoRA on embed_tokens of a base with tied embeddings: llama.cpp applies a "
+        + "token_embd LoRA to the output projection that shares the tensor too (PEFT to the embedding only), and aborts "
+        + "doing it (GGML_ASSERT in build_lora_mm, with its own converter's file as well)"
+
     // MARK: Writing
 
     public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
@@ -143,6 +148,7 @@ public enum GGUFFormat: AdapterFormat {
                 continue
             }
             if name == GGUFArchitecture.head.gguf && base.tiedEmbeddings { refusals.append(tiedHeadRefusal) }
+            if name == GGUFArchitecture.embedding.gguf && base.tiedEmbeddings { refusals.append(tiedEmbeddingRefusal) }
             let (a, b) = pair(module)
             let expected = module.kind == .embedding ? [a.shape[1], b.shape[0]] : [b.shape[0], a.shape[1]]
             guard let actual = base.shape(module.path) else {
@@ -229,7 +235,10 @@ public enum GGUFFormat: AdapterFormat {
 
     /// Whether a carried `base_layer` copy holds exactly the base tensor's values.
     static func sameAsBase(_ carried: CarriedTensor, base: Base) throws -> Bool {
-        guard let location = base.checkpoint.location(of: carried.baseName),
+        // A tied head's saved copy is the embedding's.
+        let name = carried.baseName == GGUFArchitecture.head.hf + ".weight" && base.tiedEmbeddings
+            ? GGUFArchitecture.embedding.hf + ".weight" : carried.baseName
+        guard let location = base.checkpoint.location(of: name),
               location.info.shape == carried.tensor.shape, location.info.dtype.isArithmetic else { return false }
         let view = try location.file.view(location.info)
         let baseValues = [Float](unsafeUninitializedCapacity: location.info.elementCount) { buffer, count in
@@ -380,6 +389,9 @@ extension GGUFFormat {
             let expected = embedding ? [a.shape[0], b.shape[0]] : [b.shape[0], a.shape[1]]
             if module == GGUFArchitecture.head.hf && base.tiedEmbeddings {
                 throw PEFTKitError(.unsupported, file: path, tensor: name, "not supported: " + tiedHeadRefusal)
+            }
+            if embedding && base.tiedEmbeddings {
+                throw PEFTKitError(.unsupported, file: path, tensor: name, "not supported: " + tiedEmbeddingRefusal)
             }
             guard let actual = base.shape(module) else {
                 misfits.append("'\(name)': base has no tensor '\(module).weight'")
