@@ -353,6 +353,10 @@ extension GGUFFormat {
         var pairs: [String: (a: GGUFTensorInfo?, b: GGUFTensorInfo?)] = [:]
         var problems: [String] = []
         for info in file.tensors {
+            guard [.f32, .f16, .bf16, .q8_0].contains(info.type) else {
+                throw PEFTKitError(.unsupported, file: path, tensor: info.name,
+                                   "not supported: ggml type \(info.type.name) in an adapter (peftkit reads F32, F16, BF16 and Q8_0)")
+            }
             let isA = info.name.hasSuffix(".weight.lora_a"), isB = info.name.hasSuffix(".weight.lora_b")
             guard isA || isB else {
                 problems.append("tensor '\(info.name)' is not a LoRA tensor (<name>.weight.lora_a or .lora_b)"
