@@ -28,12 +28,13 @@ struct ConvertCommand: AsyncParsableCommand {
               peftkit convert ./my-lora --to mlx -o ./my-lora-mlx      (mlx-lm: load_adapters)
               peftkit convert ./old-bone --to peft --as miss -o ./as-miss   (for PEFT 0.19+)
 
-            llama.cpp (GGUF) adapters need --base, the Hugging Face base folder, both ways: its config.json gives \
-            the architecture (llama, mistral, qwen2, qwen3, phi3) and the head counts of the Q/K row permutation \
-            llama.cpp applies, its tensors the shapes to check. rsLoRA, rank_pattern and alpha_pattern come out \
-            exact in llama.cpp (it scales every pair by alpha / r: the true per-module scale is folded into lora_b \
-            where they differ; spec/gguf.md). DoRA, lora_bias, modules_to_save and a LoRA on lm_head of a base with \
-            tied embeddings are refused (exit status 4). A GGUF input is recognised by its magic, not its name:
+            llama.cpp (GGUF) adapters need --base, the Hugging Face base folder, both ways: its config.json \
+            gives the architecture (llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3) and the head counts of \
+            the Q/K row permutation llama.cpp applies, its tensors the shapes to check. rsLoRA, rank_pattern and \
+            alpha_pattern come out exact in llama.cpp (it scales every pair by alpha / r: the true per-module \
+            scale is folded into lora_b where they differ; spec/gguf.md). DoRA, lora_bias, modules_to_save and a \
+            LoRA on lm_head or embed_tokens of a base with tied embeddings are refused (exit status 4). A GGUF \
+            input is recognised by its magic, not its name:
               peftkit convert ./my-lora --to gguf --base ./base -o my-lora.gguf [--outtype f16]
               peftkit convert my-lora.gguf --to peft --base ./base -o ./my-lora
               peftkit inspect my-lora.gguf

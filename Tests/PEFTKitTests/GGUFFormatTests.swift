@@ -53,6 +53,10 @@ func ggufFixtureCaseNames() -> [String] {
         #expect(phi3.modulePath(of: "blk.0.attn_qkv") == "model.layers.0.self_attn.qkv_proj")
         #expect(phi3.ggufName(of: "model.layers.0.self_attn.q_proj") == nil)
         #expect(GGUFArchitecture.forModelType("gpt2") == nil)
+        // transformers' Gemma3ForCausalLM config says gemma3_text; llama.cpp's architecture is gemma3.
+        #expect(GGUFArchitecture.forModelType("gemma3_text")?.name == "gemma3")
+        #expect(GGUFArchitecture.forModelType("gemma2")?.embeddingRefusal != nil)
+        #expect(llama.embeddingRefusal == nil)
     }
 
     /// Written to disk and read back: the same tensors, bit for bit, for an adapter llama.cpp's converter gets right.

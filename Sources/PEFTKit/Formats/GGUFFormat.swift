@@ -149,6 +149,9 @@ public enum GGUFFormat: AdapterFormat {
             }
             if name == GGUFArchitecture.head.gguf && base.tiedEmbeddings { refusals.append(tiedHeadRefusal) }
             if name == GGUFArchitecture.embedding.gguf && base.tiedEmbeddings { refusals.append(tiedEmbeddingRefusal) }
+            if name == GGUFArchitecture.embedding.gguf, !base.tiedEmbeddings, let refusal = base.architecture.embeddingRefusal {
+                refusals.append(refusal)
+            }
             let (a, b) = pair(module)
             let expected = module.kind == .embedding ? [a.shape[1], b.shape[0]] : [b.shape[0], a.shape[1]]
             guard let actual = base.shape(module.path) else {
@@ -396,6 +399,9 @@ extension GGUFFormat {
             }
             if embedding && base.tiedEmbeddings {
                 throw PEFTKitError(.unsupported, file: path, tensor: name, "not supported: " + tiedEmbeddingRefusal)
+            }
+            if embedding, let refusal = base.architecture.embeddingRefusal {
+                throw PEFTKitError(.unsupported, file: path, tensor: name, "not supported: " + refusal)
             }
             guard let actual = base.shape(module) else {
                 misfits.append("'\(name)': base has no tensor '\(module).weight'")

@@ -10,6 +10,8 @@ struct GGUFArchitecture: Sendable {
     let permutesQK: Bool
     /// A block's modules: the module path inside `model.layers.N.` and the name inside `blk.N.`.
     let blockModules: [(hf: String, gguf: String)]
+    /// Why a LoRA on the embedding is refused for this architecture, if it is.
+    var embeddingRefusal: String? = nil
 
     static let llamaBlock: [(hf: String, gguf: String)] = [
         ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
@@ -21,12 +23,21 @@ struct GGUFArchitecture: Sendable {
         GGUFArchitecture(name: "llama", modelTypes: ["llama", "mistral"], permutesQK: true, blockModules: llamaBlock),
         GGUFArchitecture(name: "qwen2", modelTypes: ["qwen2"], permutesQK: false, blockModules: llamaBlock),
         GGUFArchitecture(name: "qwen3", modelTypes: ["qwen3"], permutesQK: false, blockModules: llamaBlock),
+        // Gemma multiplies the embedding by √hidden; llama.cpp scales a token_embd LoRA's change with it, which was
+        // not checked against PEFT (and Gemma bases tie their embeddings, where llama.cpp cannot apply it anyway).
+        GGUFArchitecture(name: "gemma2", modelTypes: ["gemma2"], permutesQK: false, blockModules: llamaBlock,
+                         embeddingRefusal: gemmaEmbedding),
+        GGUFArchitecture(name: "gemma3", modelTypes: ["gemma3_text"], permutesQK: false, blockModules: llamaBlock,
+                         embeddingRefusal: gemmaEmbedding),
         // Phi-3 keeps q, k, v in one qkv_proj and gate and up in one gate_up_proj; llama.cpp keeps them fused too.
         GGUFArchitecture(name: "phi3", modelTypes: ["phi3"], permutesQK: false, blockModules: [
             ("self_attn.qkv_proj", "attn_qkv"), ("self_attn.o_proj", "attn_output"),
             ("mlp.gate_up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"),
         ]),
     ]
+
+    static let gemmaEmbedding = "a LoRA on embed_tokens of a Gemma base (llama.cpp scales its change by √hidden "
+        + "with the embedding; not checked against PEFT)"
 
     static func forModelType(_ type: String) -> GGUFArchitecture? { all.first { $0.modelTypes.contains(type) } }
 
