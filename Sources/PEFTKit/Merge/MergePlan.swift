@@ -208,6 +208,11 @@ struct MergePlan: Sendable {
                         problems.append("module '\(module.path)': base dtype \(dtype.rawValue) cannot be merged into")
                         break
                     }
+                    if change.rewritesBase, let source = tensor.source?.info.name, source != change.tensor {
+                        throw PEFTKitError(.unsupported, file: adapter.source, tensor: module.path,
+                                           "not supported: \(change.tensor) shares its weights with \(source) (tied), and "
+                                           + "PEFT rewrites the shared weight for this adapter's init, changing both")
+                    }
                     if let alone = (tensor.changes.map(\.change) + [change]).compactMap(\.standsAlone).first,
                        !tensor.changes.isEmpty {
                         throw PEFTKitError(.unsupported, file: adapter.source, tensor: module.path,

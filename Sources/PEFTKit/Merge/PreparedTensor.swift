@@ -16,9 +16,10 @@ final class PreparedTensor {
     init(_ tensor: OutputTensor, plan: MergePlan, direction: MergeDirection = .merge) throws {
         self.tensor = tensor
         start = try tensor.replacement ?? StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
+        let startDType = start.dtype
         operations = try tensor.changes.map { planned in
             do {
-                return try planned.change.prepare(planned.scale, direction)
+                return try planned.change.prepare(planned.scale, direction, startDType)
             } catch var error as PEFTKitError where error.file == nil {
                 error.file = plan.adapters[planned.adapterIndex].source
                 throw error
@@ -94,6 +95,7 @@ final class PreparedTensor {
                     operation.observe(slice)
                 }
             }
+            try operation.finishFirstPass()
         }
     }
 }

@@ -111,15 +111,31 @@ public struct ModuleChange: Sendable {
     /// product's sums, 2 for DoRA (the product and the norm). An F32 result may differ from PEFT's by that many ulps
     /// at the tensor's scale (spec/tolerance.md §1).
     public let float32Reductions: Int
+    /// The change first rewrites the base tensor itself, as PEFT does when it loads the adapter (PiSSA, OLoRA): a
+    /// tensor the base shares with another (a tied output head) would change in both places, which the plan refuses.
+    public let rewritesBase: Bool
     /// Decodes the module's tensors into the operation on that tensor. `scale` is the module's scaling times the
-    /// merge weight; `direction` says whether to apply the change or undo it.
-    let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation
+    /// merge weight; `direction` says whether to apply the change or undo it; `baseDType` is the dtype the starting
+    /// value is stored in (for a change that must round an intermediate to it, as PEFT does).
+    let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection, _ baseDType: DType) throws -> any WeightOperation
 
     public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1,
                 prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
         self.tensor = tensor
         self.standsAlone = standsAlone
         self.float32Reductions = float32Reductions
+        self.rewritesBase = false
+        self.prepare = { scale, direction, _ in try prepare(scale, direction) }
+    }
+
+    /// A change that needs the dtype of the base tensor it starts from.
+    public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1, rewritesBase: Bool,
+                preparingOnBase prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection,
+                                                              _ baseDType: DType) throws -> any WeightOperation) {
+        self.tensor = tensor
+        self.standsAlone = standsAlone
+        self.float32Reductions = float32Reductions
+        self.rewritesBase = rewritesBase
         self.prepare = prepare
     }
 }
@@ -135,6 +151,9 @@ public protocol WeightOperation {
     var rowAlignment: Int { get }
     var needsFirstPass: Bool { get }
     func observe(_ slice: WeightRows)
+    /// Called once the first pass has shown every slice, before anything is applied: where an operation that
+    /// factorises the whole tensor does so, and may fail.
+    func finishFirstPass() throws
     func apply(to slice: WeightRows)
     /// Unmerge by solving a system: its condition number, which bounds how much the solve can amplify the merged
     /// file's rounding; nil for a plain subtraction.
@@ -151,6 +170,7 @@ extension WeightOperation {
     public var rowAlignment: Int { 1 }
     public var needsFirstPass: Bool { false }
     public func observe(_ slice: WeightRows) {}
+    public func finishFirstPass() throws {}
     public var conditionNumber: Double? { nil }
     public var roundingAmplification: Double { conditionNumber ?? 1 }
     public var summationError: Double { 0 }
