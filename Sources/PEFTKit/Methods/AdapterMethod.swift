@@ -16,6 +16,9 @@ public protocol AdapterMethod: Sendable {
     static var summary: String { get }
     /// Every tensor role a module of this method can have, in the order the formats store them.
     static var roles: [TensorRole] { get }
+    /// Tensors stored once for the whole adapter and used by every module (VeRA's `vera_A`, `vera_B`); PEFT keys
+    /// them `base_model.<role>`. Empty for most methods.
+    static var sharedRoles: [TensorRole] { get }
 
     /// Reads this method's own fields of `adapter_config.json`.
     /// - Parameter problems: every malformed field is noted here (all are reported together).
@@ -30,6 +33,13 @@ public protocol AdapterMethod: Sendable {
     /// `rank_pattern`, scaling …); nil, with the problems noted, when they disagree.
     /// - Throws: `PEFTKitError` `.unsupported` for a module peftkit cannot apply exactly (a convolution's tensors).
     func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule?
+
+    /// `makeModule(path:tensors:problems:)` for a method with `sharedRoles`, given the adapter's shared tensors.
+    func makeModule(path: String, tensors: [TensorRole: StoredTensor], shared: [TensorRole: StoredTensor],
+                    problems: inout [String]) throws -> AdaptedModule?
+
+    /// Checks the adapter's shared tensors once (presence, shapes), noting problems.
+    func checkShared(_ shared: [TensorRole: StoredTensor], problems: inout [String]) throws
 
     /// The changes `module` makes to base tensors, each checked against the base: `baseShape` gives the shape of a
     /// base tensor by name (nil when the base has none). Misfits are noted in `problems`, not thrown.
@@ -56,6 +66,13 @@ public protocol AdapterMethod: Sendable {
 extension AdapterMethod {
     public var name: String { Self.name }
     public var roles: [TensorRole] { Self.roles }
+    public static var sharedRoles: [TensorRole] { [] }
+    public var sharedRoles: [TensorRole] { Self.sharedRoles }
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], shared: [TensorRole: StoredTensor],
+                           problems: inout [String]) throws -> AdaptedModule? {
+        try makeModule(path: path, tensors: tensors, problems: &problems)
+    }
+    public func checkShared(_ shared: [TensorRole: StoredTensor], problems: inout [String]) throws {}
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] { [] }
     public func baseTensors(of module: AdaptedModule) -> [String] { [module.weightName] }
     public var settings: [(key: String, value: JSONValue)] { [] }
@@ -73,6 +90,7 @@ public enum MethodRegistry {
         LoHa.self,
         LoKr.self,
         TrainableTokens.self,
+        VeRA.self,
     ]
 
     /// The method that reads `peftType`, if any.
