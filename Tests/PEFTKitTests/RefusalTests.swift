@@ -121,7 +121,7 @@ private let lora = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4}"
     ("{\"peft_type\": \"LORA\", \"r\": \"8\", \"lora_alpha\": 16}", "field 'r' is the string \"8\""),
     ("{\"peft_type\": \"LORA\", \"lora_alpha\": 16}", "missing required field 'r'"),
     ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"use_qalora\": true}", "not supported yet: QA-LoRA"),
-    ("{\"peft_type\": \"OFT\", \"r\": 8}", "not supported yet: peft_type 'OFT' (peftkit handles LORA, BONE, MISS, IA3, LOHA, LOKR, TRAINABLE_TOKENS and VERA)"),
+    ("{\"peft_type\": \"OFT\", \"r\": 8}", "not supported yet: peft_type 'OFT' (peftkit handles LORA, BONE, MISS, IA3, LOHA, LOKR, TRAINABLE_TOKENS, VERA and ADALORA)"),
     ("{\"peft_type\": \"LOHA\", \"r\": 8}", "missing required field 'alpha'"),
     ("{\"peft_type\": \"LOKR\", \"r\": 8, \"alpha\": 8, \"rank_pattern\": {\"q\": 0}}", "rank_pattern['q'] is 0"),
     ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_parameters\": [\"experts\"]}", "target_parameters"),

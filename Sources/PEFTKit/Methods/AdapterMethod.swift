@@ -91,6 +91,7 @@ public enum MethodRegistry {
         LoKr.self,
         TrainableTokens.self,
         VeRA.self,
+        AdaLoRA.self,
     ]
 
     /// The method that reads `peftType`, if any.
