@@ -20,7 +20,9 @@ public struct LoRA: AdapterMethod {
     static let bias = TensorRole("lora_B.bias")
     static let embeddingA = TensorRole("lora_embedding_A")
     static let embeddingB = TensorRole("lora_embedding_B")
-    public static let roles = [a, b, bias, embeddingA, embeddingB, magnitude]
+    /// `trainable_token_indices` (TrainableTokens.swift's rows, saved inside the embedding's token adapter).
+    static let tokens = TensorRole("token_adapter.trainable_tokens_delta")
+    public static let roles = [a, b, bias, embeddingA, embeddingB, magnitude, tokens]
 
     /// `r`, `lora_alpha`, `rank_pattern` and `alpha_pattern`.
     public let ranks: RankPatterns
@@ -31,6 +33,8 @@ public struct LoRA: AdapterMethod {
     public let useDoRA: Bool
     /// PiSSA / OLoRA (PiSSA.swift): the adapter belongs to a residual of the base that the merge recomputes.
     public let baseRewrite: BaseRewrite?
+    /// `trainable_token_indices`: a list (for the input embedding), or module name → list; nil when unset.
+    public let trainableTokens: [(module: String?, indices: [Int])]?
     public var variant: String { useDoRA ? "dora" : baseRewrite?.rawValue ?? "default" }
 
     // Every field PEFT's LoraConfig (0.18 to 0.21) and PeftConfig write is in exactly one of the three lists below or
@@ -40,7 +44,6 @@ public struct LoRA: AdapterMethod {
     static let unsupportedOptions: [(key: String, what: String)] = [
         ("target_parameters", "LoRA on parameters (target_parameters)"),
         ("layer_replication", "layer replication"),
-        ("trainable_token_indices", "trainable tokens"),
         ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)"),
         ("arrow_config", "Arrow routing"),
         ("use_qalora", "QA-LoRA"),
@@ -78,7 +81,7 @@ public struct LoRA: AdapterMethod {
     /// Fields `init` reads itself.
     static let readFields: Set<String> = [
         "r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "lora_bias", "init_lora_weights",
-        "use_dora",
+        "use_dora", "trainable_token_indices",
     ]
 
     public init(config json: JSONValue, source: String, problems: inout [String]) throws {
@@ -97,6 +100,7 @@ public struct LoRA: AdapterMethod {
         fanInFanOut = PEFTConfig.flag(json, "fan_in_fan_out", &problems)
         loraBias = PEFTConfig.flag(json, "lora_bias", &problems)
         useDoRA = PEFTConfig.flag(json, "use_dora", &problems)
+        trainableTokens = Self.tokenIndices(json["trainable_token_indices"], &problems)
         if useDoRA, let baseRewrite {
             throw PEFTKitError(.unsupported, file: source, "not supported yet: DoRA with init_lora_weights "
                                + "\"\(baseRewrite.rawValue)\" (the norms would be of the recomputed residual)")
@@ -153,6 +157,9 @@ public struct LoRA: AdapterMethod {
         func expect(_ condition: Bool, _ text: @autoclosure () -> String) {
             if !condition { problems.append("module '\(path)': \(text())") }
         }
+        if let delta = tensors[Self.tokens] {
+            return try tokenModule(path: path, delta: delta, others: tensors.count - 1, problems: &problems)
+        }
         let isEmbedding = tensors[Self.embeddingA] != nil || tensors[Self.embeddingB] != nil
         if useDoRA && isEmbedding {
             problems.append("module '\(path)': not supported yet: DoRA on embeddings")
@@ -208,7 +215,10 @@ public struct LoRA: AdapterMethod {
     }
 
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] {
-        [("alpha", .finite(module.alpha ?? ranks.alpha)), ("scaling", .finite(module.scaling)),
+        if module.tensors[Self.tokens] != nil, let indices = tokenIndices(for: module.path) {
+            return [("token_indices", .array(indices.map { .integer(Int64($0)) }))]
+        }
+        return [("alpha", .finite(module.alpha ?? ranks.alpha)), ("scaling", .finite(module.scaling)),
          ("fan_in_fan_out", .bool(module.kind == .linear && fanInFanOut))]
     }
 
@@ -221,7 +231,13 @@ public struct LoRA: AdapterMethod {
             + (baseRewrite.map { [("init_lora_weights", .string($0.rawValue))] } ?? [])
     }
 
+    /// Replaced rows have nothing to scale.
+    public var acceptsMergeWeight: Bool { trainableTokens == nil }
+
     public func unmergeRefusal(of module: AdaptedModule) -> String? {
+        if module.tensors[Self.tokens] != nil {
+            return "the merge replaced embedding rows (trainable_token_indices) whose original values the adapter does not keep"
+        }
         if let baseRewrite, module.kind == .linear {
             return "a \(baseRewrite.title) merge replaced the rank-\(module.rank) top of W's factorisation, which the merged "
                 + "weights no longer hold"
@@ -241,6 +257,7 @@ public struct LoRA: AdapterMethod {
     }
 
     public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
+        if module.tensors[Self.tokens] != nil { return tokenChanges(of: module, baseShape: baseShape, problems: &problems) }
         guard let layout = layout(of: module, baseShape: baseShape, problems: &problems) else { return [] }
         let (aRole, bRole) = module.kind == .embedding ? (Self.embeddingA, Self.embeddingB) : (Self.a, Self.b)
         let a = module.tensors[aRole]!, b = module.tensors[bRole]!, rank = module.rank
