@@ -24,3 +24,31 @@ func peft021CasePassesTheThreeVerifyChecks(_ name: String) throws {
 @Test func peft021CasesArePresent() {
     #expect(peft021CaseNames().count >= 6)
 }
+
+/// `inspect --base`'s count is PEFT's: each case's manifest records `get_nb_trainable_parameters()` of the adapter
+/// loaded with `is_trainable=True` by PEFT 0.21.2.
+@Test(arguments: peft021CaseNames())
+func peft021ParameterCountsArePEFTs(_ name: String) throws {
+    let folder = "\(peft021Cases)/\(name)"
+    let manifest = try AdapterLoader.readJSON(folder + "/manifest.json")
+    let expected = try #require(manifest["peft_parameters"])
+    let report = try AdapterReport(try AdapterLoader.load(folder + "/adapter"), adapterPath: folder + "/adapter",
+                                   basePath: folder + "/base")
+    let base = try #require(report.base)
+    #expect(Int64(base.peftTrainable) == expected["trainable"]?.integerValue, "\(name) trainable")
+    #expect(Int64(base.peftAll) == expected["all"]?.integerValue, "\(name) all")
+}
+
+/// The same for fixtures/cases, against PEFT 0.18.1's counts (fixtures/parameter-counts.json, written by
+/// fixtures/count_parameters.py): modules_to_save copies, an embedding's saved base_layer, trained biases included.
+@Test(arguments: fixtureCaseNames())
+func parameterCountsArePEFTs(_ name: String) throws {
+    let record = try AdapterLoader.readJSON(repositoryRoot + "/fixtures/parameter-counts.json")
+    let expected = try #require(record["cases"]?[name])
+    let folder = "\(fixtureCases)/\(name)"
+    let report = try AdapterReport(try AdapterLoader.load(folder + "/adapter"), adapterPath: folder + "/adapter",
+                                   basePath: folder + "/base")
+    let base = try #require(report.base)
+    #expect(Int64(base.peftTrainable) == expected["trainable"]?.integerValue, "\(name) trainable \(base.peftTrainable)")
+    #expect(Int64(base.peftAll) == expected["all"]?.integerValue, "\(name) all \(base.peftAll)")
+}

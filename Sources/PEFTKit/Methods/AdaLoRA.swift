@@ -108,6 +108,12 @@ public struct AdaLoRA: AdapterMethod {
          ("ranknum", .integer(Int64(initialRank))), ("fan_in_fan_out", .bool(fanInFanOut))]
     }
 
+    /// ranknum, one frozen parameter per module. On a 16-bit base PEFT 0.21 counts it as trainable: the parameter is
+    /// created in the base dtype and `autocast_adapter_dtype` re-wraps it as a new (trainable) Float32 parameter.
+    public func unsavedParameters(of module: AdaptedModule, baseDType: DType) -> (trainable: Int, frozen: Int) {
+        [.bf16, .f16].contains(baseDType) ? (1, 0) : (0, 1)
+    }
+
     public var settings: [(key: String, value: JSONValue)] {
         [("init_r", .integer(Int64(initialRank))), ("pruned_modules", .integer(Int64(kept.count)))]
     }

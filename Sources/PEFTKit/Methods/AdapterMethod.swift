@@ -58,6 +58,10 @@ public protocol AdapterMethod: Sendable {
     /// Why `module`'s merge cannot be undone from the merged weights, or nil when it can.
     func unmergeRefusal(of module: AdaptedModule) -> String?
 
+    /// Parameters PEFT's model holds for `module` beyond its saved tensors, as `get_nb_trainable_parameters` counts
+    /// them (AdaLoRA's ranknum), split into trainable and frozen; `baseDType` is the dtype of the module's base weight.
+    func unsavedParameters(of module: AdaptedModule, baseDType: DType) -> (trainable: Int, frozen: Int)
+
     /// Whether a merge weight other than 1 means something for this method (it scales an additive change; a
     /// multiplicative one has nothing to scale). The plan refuses other weights where it does not.
     var acceptsMergeWeight: Bool { get }
@@ -78,6 +82,7 @@ extension AdapterMethod {
     public var settings: [(key: String, value: JSONValue)] { [] }
     public var acceptsMergeWeight: Bool { true }
     public func unmergeRefusal(of module: AdaptedModule) -> String? { nil }
+    public func unsavedParameters(of module: AdaptedModule, baseDType: DType) -> (trainable: Int, frozen: Int) { (0, 0) }
 }
 
 /// The methods peftkit knows, in the order `--help` lists them. Adding a method is its file and one line here.
