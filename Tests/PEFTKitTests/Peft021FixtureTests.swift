@@ -52,3 +52,21 @@ func parameterCountsArePEFTs(_ name: String) throws {
     #expect(Int64(base.peftTrainable) == expected["trainable"]?.integerValue, "\(name) trainable \(base.peftTrainable)")
     #expect(Int64(base.peftAll) == expected["all"]?.integerValue, "\(name) all \(base.peftAll)")
 }
+
+/// `verify --merged` accepts PEFT's own merge of every cases-peft021 adapter (for F32 PiSSA/OLoRA within the
+/// allowance the factorisation's conditioning gives) and still flags a merge off by a 0.1 % scale.
+@Test(arguments: peft021CaseNames())
+func peft021PEFTMergePassesVerifyMergedAndAScaleErrorDoesNot(_ name: String) throws {
+    let folder = "\(peft021Cases)/\(name)"
+    for slice in [MergeRequest.defaultSliceElements, 64] {
+        let audit = try CheckpointAuditor.verifyMerged(folder + "/expected_merged.safetensors", base: folder + "/base",
+                                                       adapters: [folder + "/adapter"], sliceElements: slice)
+        #expect(audit.failedCount == 0, "\(name) slice \(slice): worst \(audit.worst?.name ?? "-") \(audit.worst?.measure ?? 0)")
+    }
+    let manifest = try AdapterLoader.readJSON(folder + "/manifest.json")
+    guard manifest["method"]?.stringValue == "lora", manifest["variant"]?.stringValue != "default" else { return }
+    // PiSSA/OLoRA: the same adapter merged with weight 1.001 is another model, whatever the allowance.
+    let off = try CheckpointAuditor.verifyMerged(folder + "/expected_merged.safetensors", base: folder + "/base",
+                                                 adapters: [folder + "/adapter"], weights: [1.001])
+    #expect(off.failedCount > 0, "\(name): a 0.1 % scale error passed")
+}

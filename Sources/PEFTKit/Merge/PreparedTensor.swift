@@ -41,6 +41,13 @@ final class PreparedTensor {
 
     var elementCount: Int { rows * columns }
 
+    /// The merged tensor's tolerance (spec/tolerance.md §1): the plan's, widened for an F32/F64 result by what a
+    /// factorising change allows (`WeightOperation.factorisationULP`).
+    var mergedMaxULP: Double {
+        guard Comparison.floorsAtTensorMaximum(tensor.outputDType) else { return tensor.mergedMaxULP }
+        return operations.compactMap(\.factorisationULP).reduce(tensor.mergedMaxULP, max)
+    }
+
     /// Decodes rows `rowRange` of the starting value (before any change) into `floats`.
     func startValues(_ rowRange: Range<Int>, into floats: UnsafeMutableBufferPointer<Float>) throws {
         let inSize = start.dtype.bitWidth / 8

@@ -188,6 +188,10 @@ public protocol WeightOperation {
     /// A bound on how far the Float32 change can be from the exact one, counted twice (the merge that made the input
     /// and this unmerge each sum it, in whatever order).
     var summationError: Double { get }
+    /// For a change that factorises W (PiSSA, OLoRA): how many ulps at the tensor's largest magnitude two correct
+    /// Float32 implementations of it may differ by, from the factorisation's conditioning (known after the first
+    /// pass); nil for every other change, whose allowance is its reductions.
+    var factorisationULP: Double? { get }
 }
 
 extension WeightOperation {
@@ -198,6 +202,7 @@ extension WeightOperation {
     public var conditionNumber: Double? { nil }
     public var roundingAmplification: Double { conditionNumber ?? 1 }
     public var summationError: Double { 0 }
+    public var factorisationULP: Double? { nil }
 }
 
 /// A horizontal slice of a decoded weight matrix: rows `rows` of a matrix with `columns` columns, stored row-major

@@ -74,6 +74,8 @@ extension LoRA {
         private var gathered: [Float] = []
         /// −w · (s·B₀)·A₀ in the layout of the stored weight, once factorised.
         private var start: Product?
+        /// See `factorisationULP`.
+        private var allowance: Double?
 
         init(_ rewrite: BaseRewrite, rank: Int, scaling: Float, weight: Float, layout: Layout,
              shape: (rows: Int, columns: Int), baseDType: DType, trained: Product, module: String) {
@@ -120,6 +122,16 @@ extension LoRA {
             }
             let svd = try LinearAlgebra.ThinSVD(rowMajor: matrix, rows: out, columns: inputs)
             let k = svd.rank, r = rank
+            // The rank-r truncation is determined only as well as σ_r is separated from σ_r+1 (Wedin): a backward-
+            // stable SVD (error ≈ eps·σ₁ each, ours and PEFT's) moves it by up to ≈ 2·eps·σ₁·(1 + 2σ₁ / gap).
+            let sigma1 = Double(svd.singularValues[0])
+            let gap = Double(svd.singularValues[r - 1]) - (r < k ? Double(svd.singularValues[r]) : 0)
+            guard gap > 1e-6 * sigma1 else {
+                throw PEFTKitError(.numerics, tensor: module, "PiSSA: σ_\(r) and σ_\(r + 1) of the base weight are equal to "
+                                   + "Float32 precision, so its top-\(r) singular subspace (and PEFT's own residual) is not "
+                                   + "determined")
+            }
+            allowance = ulpsAtLargest(2 * 0x1p-23 * sigma1 * (1 + 2 * sigma1 / gap) * Double(weight.magnitude))
             let roots = (0..<r).map { (svd.singularValues[$0] / scaling).squareRoot() }
             var a0 = [Float](repeating: 0, count: r * inputs), sb0 = [Float](repeating: 0, count: out * r)
             for j in 0..<r { for i in 0..<inputs { a0[j * inputs + i] = roots[j] * svd.vt[j * inputs + i] } }
@@ -131,6 +143,18 @@ extension LoRA {
         private func oloraStart() throws -> Product {
             let qr = try LinearAlgebra.ThinQR(rowMajor: gathered, rows: shape.rows, columns: shape.columns)
             let k = qr.rank, r = rank
+            // Q_r·R_r projects W onto its first r columns: as well determined as those columns are independent,
+            // cond(R₁₁) of the leading r × r triangle; ‖W‖_F bounds ‖W‖₂; the residual subtracts s times it.
+            var leading = [Float](repeating: 0, count: r * r)
+            for i in 0..<r { for j in i..<r { leading[i * r + j] = qr.r[i * shape.columns + j] } }
+            let triangle = try LinearAlgebra.ThinSVD(rowMajor: leading, rows: r, columns: r).singularValues
+            guard let smallest = triangle.last, Double(smallest) > 1e-6 * Double(triangle[0]) else {
+                throw PEFTKitError(.numerics, tensor: module, "OLoRA: the base weight's first \(r) columns are linearly "
+                                   + "dependent to Float32 precision, so Q_r·R_r (and PEFT's own residual) is not determined")
+            }
+            let norm = gathered.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+            let condition = Double(triangle[0]) / Double(smallest)
+            allowance = ulpsAtLargest(2 * 0x1p-23 * norm * (1 + 2 * condition) * Double(scaling.magnitude * weight.magnitude))
             var sq = [Float](repeating: 0, count: shape.rows * r)
             for i in 0..<shape.rows { for j in 0..<r { sq[i * r + j] = scaling * qr.q[i * k + j] } }
             return Product(a: Array(qr.r.prefix(r * shape.columns)), b: sq, rank: r, layout: .product, scale: -weight)
@@ -149,5 +173,16 @@ extension LoRA {
         }
 
         var summationError: Double { trained.summationError }
+
+        /// An absolute difference in ulps at the gathered weight's largest magnitude (at least the product's one
+        /// rounding and the residual's: 2).
+        private func ulpsAtLargest(_ difference: Double) -> Double {
+            let largest = gathered.reduce(0.0) { max($0, Double($1.magnitude)) }
+            guard largest > 0 else { return 2 }
+            let ulp = Double(Float(largest).ulp)
+            return max(2, (difference / ulp).rounded(.up))
+        }
+
+        var factorisationULP: Double? { allowance }
     }
 }
