@@ -70,3 +70,26 @@ func peft021PEFTMergePassesVerifyMergedAndAScaleErrorDoesNot(_ name: String) thr
                                                  adapters: [folder + "/adapter"], weights: [1.001])
     #expect(off.failedCount > 0, "\(name): a 0.1 % scale error passed")
 }
+
+/// PEFT folder → peftkit file → PEFT folder keeps every tensor (VeRA's shared projections, AdaLoRA's empty rank-0
+/// module, token rows) and the config, so the merge of each is the same bytes.
+@Test(arguments: peft021CaseNames())
+func peft021AdaptersRoundTripThroughThePeftkitFormat(_ name: String) throws {
+    let folder = "\(peft021Cases)/\(name)", scratch = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: scratch) }
+    let original = try AdapterLoader.load(folder + "/adapter")
+    try PeftkitFormat.write(original, to: scratch + "/a.safetensors", options: AdapterWriteOptions())
+    try PEFTFolderFormat.write(try AdapterLoader.load(scratch + "/a.safetensors"), to: scratch + "/back",
+                               options: AdapterWriteOptions())
+    let back = try AdapterLoader.load(scratch + "/back")
+    func named(_ adapter: Adapter) throws -> [String: [UInt8]] {
+        Dictionary(uniqueKeysWithValues: try PEFTKeys.namedTensors(adapter).map { ($0.name, try $0.tensor.withBytes { [UInt8]($0) }) })
+    }
+    #expect(try named(back) == named(original))
+    #expect(back.config.json == original.config.json)
+    for (label, adapter) in [("direct", folder + "/adapter"), ("round trip", scratch + "/back")] {
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [adapter], output: scratch + "/" + label))
+    }
+    let direct = try Data(contentsOf: URL(fileURLWithPath: scratch + "/direct/model.safetensors"))
+    #expect(try Data(contentsOf: URL(fileURLWithPath: scratch + "/round trip/model.safetensors")) == direct)
+}
