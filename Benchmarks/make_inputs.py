@@ -12,6 +12,10 @@ Layout under the cache directory (default ~/.cache/peftkit-bench):
     llama-22l-bf16/lora-r16/   adapter_config.json, adapter_model.safetensors  (LoRA r=16, alpha=32)
     llama-22l-bf16/bone-r64/   Bone r=64 (BoneConfig, init_weights=True)
     llama-22l-bf16/bat-r64/    Bat r=64 (BoneConfig, init_weights="bat")
+    llama-22l-bf16/dora-r16/   DoRA r=16, alpha=32 (LoraConfig use_dora=True)
+    llama-22l-bf16/ia3/        IA3 (down_proj as the feed-forward module)
+    llama-22l-bf16/loha-r16/   LoHa r=16, alpha=32
+    llama-22l-bf16/lokr-r16/   LoKr r=16, alpha=32
     llama-66l-bf16/...         with --layers 66: the same model 3x deeper, LoRA r16 only by default
 
 The base is saved with transformers' save_pretrained(max_shard_size="1GB"), which gives 3 shards
@@ -34,6 +38,20 @@ ADAPTER_KINDS = {
     "lora": "lora-r16",
     "bone": "bone-r64",
     "bat": "bat-r64",
+    "dora": "dora-r16",
+    "ia3": "ia3",
+    "loha": "loha-r16",
+    "lokr": "lokr-r16",
+}
+# The trainable tensors of each kind, as named in named_parameters(), and how many each targeted module has.
+ADAPTER_PARAMETERS = {
+    "lora": (("lora_A", "lora_B"), 2),
+    "bone": (("bone_block",), 1),
+    "bat": (("bone_block",), 1),
+    "dora": (("lora_A", "lora_B", "lora_magnitude_vector"), 3),
+    "ia3": (("ia3_l",), 1),
+    "loha": (("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"), 4),
+    "lokr": (("lokr_w1", "lokr_w2_a", "lokr_w2_b"), 3),
 }
 SHARD_SIZE = "1GB"
 INIT_STD = 0.02
@@ -46,12 +64,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=22,
                    help="number of decoder layers (22 = TinyLlama-1.1B; 66 = the 3x checkpoint for the memory check)")
     p.add_argument("--adapters", default=None,
-                   help="comma-separated subset of lora,bone,bat (default: all three for 22 layers, lora otherwise)")
+                   help="comma-separated subset of " + ",".join(ADAPTER_KINDS)
+                   + " (default: all for 22 layers, lora otherwise)")
     p.add_argument("--seed", type=int, default=1234, help="base seed for all random weights (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="rebuild even if the outputs exist")
     args = p.parse_args(argv)
     if args.adapters is None:
-        args.adapters = "lora,bone,bat" if args.layers == 22 else "lora"
+        args.adapters = ",".join(ADAPTER_KINDS) if args.layers == 22 else "lora"
     kinds = [k.strip() for k in args.adapters.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in ADAPTER_KINDS]
     if unknown:
@@ -149,7 +168,7 @@ def build_base(tmp: Path, layers: int, seed: int) -> None:
 
 
 def make_adapter_config(kind: str):
-    from peft import BoneConfig, LoraConfig
+    from peft import BoneConfig, IA3Config, LoHaConfig, LoKrConfig, LoraConfig
 
     common = dict(target_modules=list(TARGET_MODULES), task_type="CAUSAL_LM")
     if kind == "lora":
@@ -158,6 +177,14 @@ def make_adapter_config(kind: str):
         return BoneConfig(r=64, init_weights=True, **common)
     if kind == "bat":
         return BoneConfig(r=64, init_weights="bat", **common)
+    if kind == "dora":
+        return LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, bias="none", use_dora=True, **common)
+    if kind == "ia3":
+        return IA3Config(feedforward_modules=["down_proj"], **common)
+    if kind == "loha":
+        return LoHaConfig(r=16, alpha=32, **common)
+    if kind == "lokr":
+        return LoKrConfig(r=16, alpha=32, **common)
     raise ValueError(kind)
 
 
@@ -171,15 +198,20 @@ def build_adapter(tmp: Path, kind: str, layers: int, base_dir: Path, seed: int) 
     model.name_or_path = str(base_dir)  # PEFT records this as base_model_name_or_path
     peft_model = get_peft_model(model, make_adapter_config(kind))
     gen = torch.Generator().manual_seed(seed)
+    names, per_module = ADAPTER_PARAMETERS[kind]
     filled = 0
     with torch.no_grad():
         for name, param in sorted(peft_model.named_parameters()):
-            if "lora_" in name or "bone_block" in name:
+            if any(f".{part}" in name for part in names):
                 if param.dtype != torch.float32:
                     sys.exit(f"error: adapter parameter {name} is {param.dtype}, expected float32")
-                param.normal_(0.0, INIT_STD, generator=gen)
+                # Scales (DoRA's magnitude, IA3's vector) around 1 like trained ones, factors around 0.
+                if "magnitude" in name or "ia3_l" in name:
+                    param.normal_(1.0, INIT_STD, generator=gen)
+                else:
+                    param.normal_(0.0, INIT_STD, generator=gen)
                 filled += 1
-    expected = len(TARGET_MODULES) * layers * (2 if kind == "lora" else 1)
+    expected = len(TARGET_MODULES) * layers * per_module
     if filled != expected:
         sys.exit(f"error: filled {filled} adapter tensors, expected {expected}")
     peft_model.save_pretrained(tmp, safe_serialization=True)

@@ -19,7 +19,7 @@ PYTHON="${PYTHON:-python3}"
 OUT_ROOT=/dev/shm/peftkit-bench-out
 RESULTS_DIR="$SCRIPT_DIR/results"
 
-ADAPTERS=(lora-r16 bone-r64 bat-r64)
+ADAPTERS=(lora-r16 bone-r64 bat-r64 dora-r16 ia3 loha-r16 lokr-r16)
 
 usage() {
     cat <<EOF
@@ -27,7 +27,7 @@ Usage: bash Benchmarks/run.sh [options]
 
 Times, interleaved round-robin, on the inputs made by Benchmarks/make_inputs.py:
   cp -r BASE OUT                                   (the floor: copying the checkpoint)
-  peftkit merge BASE ADAPTER --output OUT --force --quiet   for LoRA r16, Bone r64, Bat r64
+  peftkit merge BASE ADAPTER --output OUT --force --quiet   for each adapter (--adapters)
   python Benchmarks/peft_merge.py BASE ADAPTER OUT (HF PEFT load + merge_and_unload + save_pretrained)
   peftkit verify --merged MERGED --base BASE lora-r16, peftkit diff BASE MERGED (MERGED made once, untimed)
   peftkit inspect BASE                             (hyperfine, against \`true\`)
@@ -40,6 +40,7 @@ Options:
   --runs N          runs of cp and of each peftkit merge (default $RUNS)
   --peft-runs K     runs of each HF PEFT merge, spread over the rounds (default $PEFT_RUNS;
                     12-25 s each here)
+  --adapters LIST   comma-separated adapter folders to merge (default $(IFS=,; echo "${ADAPTERS[*]}"))
   --inspect-runs N  hyperfine runs of peftkit inspect (default $INSPECT_RUNS)
   --large           also time the 66-layer checkpoint (make_inputs.py --layers 66)
   --large-runs N    runs for --large (default $LARGE_RUNS)
@@ -62,6 +63,7 @@ parse_args() {
         case "$1" in
             --runs) RUNS=${2:?}; shift 2 ;;
             --peft-runs) PEFT_RUNS=${2:?}; shift 2 ;;
+            --adapters) IFS=, read -r -a ADAPTERS <<<"${2:?}"; shift 2 ;;
             --inspect-runs) INSPECT_RUNS=${2:?}; shift 2 ;;
             --large) LARGE=1; shift ;;
             --large-runs) LARGE_RUNS=${2:?}; shift 2 ;;

@@ -9,5 +9,11 @@ void sgetrs_(const char *trans, const int *n, const int *nrhs, const float *a, c
              float *b, const int *ldb, int *info);
 void sgecon_(const char *norm, const int *n, const float *a, const int *lda, const float *anorm, float *rcond,
              float *work, int *iwork, int *info);
+void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float *tau, float *work, const int *lwork,
+             int *info);
+void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau, float *work,
+             const int *lwork, int *info);
+void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s, float *u,
+             const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork, int *iwork, int *info);
 float slange_(const char *norm, const int *m, const int *n, const float *a, const int *lda, float *work);
 #endif

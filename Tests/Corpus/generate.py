@@ -999,6 +999,61 @@ def lycoris_cases():
                [("lokr_w1", [2, 2]), ("lokr_w2_a", [2, 2]), ("lokr_w2_b", [2, 2]), ("lokr_t2", [2, 2, 3, 3])])
 
 
+def method_cases():
+    """VeRA, AdaLoRA, PiSSA/OLoRA and LoRA's trainable tokens, one broken tensor role each (appended last so earlier
+    cases keep their numbers)."""
+    def merge_case(slug, description, exit, fragment, config, tensors):
+        category = "base-mismatch" if exit == 3 else "adapter-config"
+        files = base_files()
+        files.update(adapter_files(config=config, tensors=[
+            (name if name.startswith("base_model.") else KEY + "." + name, "F32", shape,
+             f32(values if values is not None else ramp(shape[0] * (shape[1] if len(shape) == 2 else 1))))
+            for name, shape, values in tensors]))
+        case(slug, category, description, files, MERGE, exit, fragment)
+
+    vera = {"peft_type": "VERA", "r": 2, "target_modules": ["q_proj"], "save_projection": True}
+    projections = [("base_model.vera_A", [2, IN], None), ("base_model.vera_B", [OUT, 2], None)]
+    lambdas = [("vera_lambda_b", [OUT], None), ("vera_lambda_d", [2], None)]
+    merge_case("vera-missing-projection", "a VeRA adapter without its shared base_model.vera_B", 2,
+               "missing shared tensor 'base_model.vera_B'", vera, projections[:1] + lambdas)
+    merge_case("vera-unsaved-projections", "a VeRA adapter saved with save_projection=False", 4,
+               "save_projection=True", dict(vera, save_projection=False), lambdas)
+    merge_case("vera-missing-partner", "a VeRA module with vera_lambda_b but no vera_lambda_d", 2,
+               "missing tensor 'vera_lambda_d'", vera, projections + lambdas[:1])
+    merge_case("vera-wrong-shape", "vera_lambda_d of 3 entries for r=2", 2,
+               "vera_lambda_d has shape [3], expected [2]", vera, projections + [lambdas[0], ("vera_lambda_d", [3], None)])
+    merge_case("vera-non-finite-lambda", "an infinity in vera_lambda_b", 6, "merging would spread it", vera,
+               projections + [("vera_lambda_b", [OUT], [float("inf")] + ramp(OUT - 1)), lambdas[1]])
+
+    adalora = {"peft_type": "ADALORA", "init_r": 2, "target_r": 1, "lora_alpha": 4, "total_step": 10,
+               "target_modules": ["q_proj"]}
+    factors = [("lora_A", [2, IN], None), ("lora_E", [2, 1], None), ("lora_B", [OUT, 2], None)]
+    merge_case("adalora-missing-partner", "an AdaLoRA module without lora_E", 2, "missing tensor 'lora_E'", adalora,
+               [factors[0], factors[2]])
+    merge_case("adalora-rank-pattern-mismatch", "rank_pattern keeps one of two triplets, the tensors hold two", 2,
+               "rank_pattern keeps 1 of its 2 triplets",
+               dict(adalora, rank_pattern={MODULE + ".lora_E": [False, True]}), factors)
+    merge_case("adalora-non-finite-e", "a NaN in lora_E", 6, "merging would spread it", adalora,
+               [factors[0], ("lora_E", [2, 1], [float("nan"), 1.0]), factors[2]])
+
+    merge_case("pissa-randomized", "init_lora_weights pissa_niter_4 (a randomized SVD)", 4,
+               "path_initial_model_for_weight_conversion", lora_config(init_lora_weights="pissa_niter_4"),
+               [("lora_A.weight", [RANK, IN], None), ("lora_B.weight", [OUT, RANK], None)])
+    merge_case("pissa-rank-above-weight", "PiSSA r=9 on an 8x8 weight", 4, "above the weight's smaller side 8",
+               lora_config(r=9, init_lora_weights="pissa"), [("lora_A.weight", [9, IN], None), ("lora_B.weight", [OUT, 9], None)])
+    merge_case("olora-missing-partner", "an OLoRA module without lora_B", 2, "missing tensor 'lora_B.weight'",
+               lora_config(init_lora_weights="olora"), [("lora_A.weight", [RANK, IN], None)])
+
+    tokens = "token_adapter.trainable_tokens_delta"
+    merge_case("tokens-wrong-shape", "trainable_token_indices names 2 tokens, the delta holds 3 rows", 2,
+               "trainable_tokens_delta has shape [3, 8]", lora_config(trainable_token_indices=[1, 2]), [(tokens, [3, IN], None)])
+    merge_case("tokens-index-past-vocabulary", "a trainable token index past the weight's 8 rows", 3,
+               "token index 9 is past the embedding's 8 rows", lora_config(trainable_token_indices={"q_proj": [1, 9]}),
+               [(tokens, [2, IN], None)])
+    merge_case("tokens-non-finite", "a NaN in trainable_tokens_delta", 6, "merging would spread it",
+               lora_config(trainable_token_indices=[1, 2]), [(tokens, [2, IN], [float("nan")] + ramp(2 * IN - 1))])
+
+
 def controls():
     files = base_files()
     files.update(adapter_files())
@@ -1226,6 +1281,12 @@ def gguf_cases():
     to_gguf("to-gguf-ia3", "an IA3 adapter", {"peft_type": "IA3", "target_modules": ["q_proj"],
                                               "feedforward_modules": [], "base_model_name_or_path": "tiny"},
             [(KEY + ".ia3_l", "F32", [OUT, 1], f32([1.0] * OUT))], 4, "llama.cpp adapters are LoRA")
+    to_gguf("to-gguf-pissa", "a PiSSA LoRA, which belongs to a residual of the base", lora_config(init_lora_weights="pissa"),
+            lora_tensors(), 4, "init_lora_weights \"pissa\" (the adapter belongs to a residual of the base")
+    to_gguf("to-gguf-trainable-tokens", "a LoRA with trainable_token_indices (whole embedding rows)",
+            lora_config(trainable_token_indices=[1, 2]), lora_tensors() + [
+                ("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta", "F32", [2, IN],
+                 f32(ramp(2 * IN)))], 4, "trainable_token_indices")
 
 
 def gguf_controls():
@@ -1271,6 +1332,7 @@ def main():
     mlx_cases()
     audit_cases()
     lycoris_cases()
+    method_cases()
     gguf_cases()
     controls()
     gguf_controls()

@@ -121,7 +121,7 @@ private let lora = "{\"peft_type\": \"LORA\", \"r\": 2, \"lora_alpha\": 4}"
     ("{\"peft_type\": \"LORA\", \"r\": \"8\", \"lora_alpha\": 16}", "field 'r' is the string \"8\""),
     ("{\"peft_type\": \"LORA\", \"lora_alpha\": 16}", "missing required field 'r'"),
     ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"use_qalora\": true}", "not supported yet: QA-LoRA"),
-    ("{\"peft_type\": \"OFT\", \"r\": 8}", "not supported yet: peft_type 'OFT' (peftkit handles LORA, BONE, MISS, IA3, LOHA, LOKR and TRAINABLE_TOKENS)"),
+    ("{\"peft_type\": \"OFT\", \"r\": 8}", "not supported yet: peft_type 'OFT' (peftkit handles LORA, BONE, MISS, IA3, LOHA, LOKR, TRAINABLE_TOKENS, VERA and ADALORA)"),
     ("{\"peft_type\": \"LOHA\", \"r\": 8}", "missing required field 'alpha'"),
     ("{\"peft_type\": \"LOKR\", \"r\": 8, \"alpha\": 8, \"rank_pattern\": {\"q\": 0}}", "rank_pattern['q'] is 0"),
     ("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_parameters\": [\"experts\"]}", "target_parameters"),
@@ -182,12 +182,14 @@ func badConfigsAreRefusedNamingTheField(config: String, fragment: String) throws
 /// Every LoraConfig field that changes the merge either works or is refused by name (exit 4): inits that rewrote the
 /// base, LoRA variants peftkit lacks, and fields it does not know.
 @Test(arguments: [
-    ("\"init_lora_weights\": \"pissa\"", "init_lora_weights \"pissa\" rewrote the base weights"),
     ("\"init_lora_weights\": \"pissa_niter_4\"", "init_lora_weights \"pissa_niter_4\" rewrote the base weights"),
-    ("\"init_lora_weights\": \"olora\"", "path_initial_model_for_weight_conversion"),
+    ("\"init_lora_weights\": \"pissa_niter_16\"", "path_initial_model_for_weight_conversion"),
     ("\"init_lora_weights\": \"corda\"", "init_lora_weights \"corda\" rewrote"),
     ("\"init_lora_weights\": \"loftq\"", "init_lora_weights \"loftq\" rewrote"),
-    ("\"init_lora_weights\": \"mica\"", "init_lora_weights \"mica\" (peftkit knows true, false, \"eva\", \"gaussian\", \"orthogonal\")"),
+    ("\"init_lora_weights\": \"lora_ga\"", "path_initial_model_for_weight_conversion"),
+    ("\"init_lora_weights\": \"PISSA\"", "init_lora_weights \"PISSA\" (peftkit knows"),
+    ("\"init_lora_weights\": \"mica\"", "init_lora_weights \"mica\" (peftkit knows true, false, \"eva\", \"gaussian\", \"orthogonal\", \"pissa\", \"olora\")"),
+    ("\"init_lora_weights\": \"pissa\", \"use_dora\": true", "DoRA with init_lora_weights \"pissa\""),
     ("\"kasa_config\": {\"beta\": 1}", "KaSA"),
     ("\"ensure_weight_tying\": true", "ensure_weight_tying"),
     ("\"megatron_config\": {\"tp\": 2}", "megatron_config"),
@@ -206,7 +208,7 @@ func loraOptionsThatChangeTheMergeAreRefused(field: String, fragment: String) th
 }
 
 /// What only chose the starting A and B, or is bookkeeping, or is off, is accepted.
-@Test(arguments: ["\"init_lora_weights\": \"gaussian\"", "\"init_lora_weights\": \"eva\", \"eva_config\": {\"rho\": 2}",
+@Test(arguments: ["\"init_lora_weights\": \"gaussian\"", "\"init_lora_weights\": \"pissa\"", "\"init_lora_weights\": \"OLoRA\"", "\"init_lora_weights\": \"eva\", \"eva_config\": {\"rho\": 2}",
                   "\"init_lora_weights\": \"orthogonal\"", "\"init_lora_weights\": false", "\"ensure_weight_tying\": false",
                   "\"megatron_core\": \"megatron.core\", \"loftq_config\": {}", "\"some_future_option\": null"])
 func loraOptionsThatDoNotChangeTheMergeAreAccepted(field: String) throws {

@@ -49,3 +49,50 @@ private func tinyTokens(in folder: String, indices: String) throws -> (base: Str
     let duplicate = peftkitError { _ = try AdapterLoader.load(twice.adapter) }
     #expect(duplicate?.details.first?.contains("names a token twice") == true)
 }
+
+/// LoRA's `trainable_token_indices`: the embedding's token adapter rows replace rows 2 and 0 (in that order), next
+/// to an ordinary LoRA module; a tied base whose head the adapter also changes is refused.
+@Test func loraTrainableTokensReplaceTheNamedRows() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try FileManager.default.createDirectory(atPath: folder + "/base", withIntermediateDirectories: true)
+    let embedding = (0..<12).map { Float($0) }
+    try writeSafetensors(folder + "/base/model.safetensors", [
+        ("model.embed_tokens.weight", .f32, [4, 3], float32Bytes(embedding)),
+        ("lm_head.weight", .f32, [4, 3], float32Bytes([Float](repeating: 0, count: 12)))])
+    for (name, indices) in [("list", "[2, 0]"), ("dict", "{\"embed_tokens\": [2, 0]}")] {
+        try writeAdapter(to: folder + "/\(name)", config: "{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": 1, "
+                         + "\"trainable_token_indices\": \(indices)}", tensors: [
+            ("model.embed_tokens.token_adapter.trainable_tokens_delta", [2, 3], [-1, -2, -3, -4, -5, -6]),
+            ("lm_head.lora_A.weight", [1, 3], [1, 0, 0]), ("lm_head.lora_B.weight", [4, 1], [0, 0, 0, 2])])
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/\(name)"], output: folder + "/out-\(name)"))
+        #expect(try readTensor(folder + "/out-\(name)", "model.embed_tokens.weight").values
+                == [-4, -5, -6, 3, 4, 5, -1, -2, -3, 9, 10, 11], "\(name)")
+        #expect(try readTensor(folder + "/out-\(name)", "lm_head.weight").values == [0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0])
+    }
+    // A merge weight has nothing to scale in replaced rows; unmerge cannot restore them.
+    let weighted = peftkitError {
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/base", adapters: [folder + "/list"], weights: [0.5], output: folder + "/w"))
+    }
+    #expect(weighted?.kind == .unsupported)
+    let unmerge = peftkitError {
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/out-list", adapters: [folder + "/list"], output: folder + "/u",
+                                             direction: .unmerge))
+    }
+    #expect(unmerge?.kind == .unsupported)
+    // A dict naming another module leaves the delta unexplained.
+    try writeAdapter(to: folder + "/other", config: "{\"peft_type\": \"LORA\", \"r\": 1, \"lora_alpha\": 1, "
+                     + "\"trainable_token_indices\": {\"wte\": [2, 0]}}", tensors: [
+        ("model.embed_tokens.token_adapter.trainable_tokens_delta", [2, 3], [-1, -2, -3, -4, -5, -6])])
+    #expect(peftkitError { _ = try AdapterLoader.load(folder + "/other") }?.kind == .inconsistentAdapter)
+
+    // Tied: the head is not stored; changing it would untie it from an embedding whose rows PEFT replaces in both.
+    try FileManager.default.createDirectory(atPath: folder + "/tied", withIntermediateDirectories: true)
+    try writeSafetensors(folder + "/tied/model.safetensors", [("model.embed_tokens.weight", .f32, [4, 3], float32Bytes(embedding))])
+    try Data("{\"tie_word_embeddings\": true}".utf8).write(to: URL(fileURLWithPath: folder + "/tied/config.json"))
+    let tied = peftkitError {
+        _ = try MergeEngine.run(MergeRequest(base: folder + "/tied", adapters: [folder + "/list"], output: folder + "/t"))
+    }
+    #expect(tied?.kind == .unsupported)
+    #expect(tied?.message.contains("the untied head would miss those rows") == true)
+}

@@ -20,14 +20,19 @@ public struct AdaptedModule: Sendable {
     public let scaling: Double
     /// The adapter's tensors for this module, by role.
     public let tensors: [TensorRole: StoredTensor]
+    /// Tensors the module uses that the whole adapter shares (VeRA's projections, `Adapter.shared`): stored once, so
+    /// neither counted nor written with the module.
+    public let shared: [TensorRole: StoredTensor]
 
-    public init(path: String, kind: Kind, rank: Int, alpha: Double?, scaling: Double, tensors: [TensorRole: StoredTensor]) {
+    public init(path: String, kind: Kind, rank: Int, alpha: Double?, scaling: Double, tensors: [TensorRole: StoredTensor],
+                shared: [TensorRole: StoredTensor] = [:]) {
         self.path = path
         self.kind = kind
         self.rank = rank
         self.alpha = alpha
         self.scaling = scaling
         self.tensors = tensors
+        self.shared = shared
     }
 
     public var weightName: String { path + ".weight" }
@@ -83,15 +88,18 @@ public struct Adapter: Sendable {
     /// Sorted by module path.
     public let modules: [AdaptedModule]
     public let carried: [CarriedTensor]
+    /// Tensors every module shares, by role (`AdapterMethod.sharedRoles`: VeRA's `vera_A`, `vera_B`).
+    public let shared: [TensorRole: StoredTensor]
     public var base: BaseIdentity
 
     public init(source: String, format: SourceFormat, config: PEFTConfig, modules: [AdaptedModule],
-                carried: [CarriedTensor], base: BaseIdentity) {
+                carried: [CarriedTensor], shared: [TensorRole: StoredTensor] = [:], base: BaseIdentity) {
         self.source = source
         self.format = format
         self.config = config
         self.modules = modules
         self.carried = carried
+        self.shared = shared
         self.base = base
     }
 
@@ -104,9 +112,10 @@ public struct Adapter: Sendable {
     public var carriedBytes: Int { carried.reduce(0) { $0 + $1.tensor.byteCount } }
 
     /// Every stored tensor in a stable order: module by module in path order, each in its method's role order, then
-    /// the carried tensors.
+    /// the carried tensors, then the shared ones.
     public var allTensors: [StoredTensor] {
         modules.flatMap { module in method.roles.compactMap { module.tensors[$0] } } + carried.map(\.tensor)
+            + method.sharedRoles.compactMap { shared[$0] }
     }
 
     public func module(_ path: String) -> AdaptedModule? { modules.first { $0.path == path } }

@@ -19,6 +19,14 @@ public struct AdapterReport: Sendable {
         public let sharePercent: Double
         /// Every way the adapter does not fit (empty when it does).
         public let problems: [String]
+        /// PEFT's `get_nb_trainable_parameters()` for this adapter loaded onto this base for training
+        /// (`is_trainable=True`): trainable parameters (the adapter's tensors, modules_to_save copies, trained
+        /// biases, and what a method adds unsaved) and all parameters (the base's, each counted once, plus what the
+        /// adapter adds).
+        public let peftTrainable: Int
+        public let peftAll: Int
+        /// 100 · peftTrainable / peftAll, PEFT's `trainable%`.
+        public var peftTrainablePercent: Double { peftAll == 0 ? 0 : 100 * Double(peftTrainable) / Double(peftAll) }
     }
 
     /// The method's name (`lora`) and the `peft_type` it was read from.
@@ -70,7 +78,7 @@ public struct AdapterReport: Sendable {
         }
         baseModel = adapter.base.nameOrPath
         fingerprint = adapter.base.fingerprint
-        base = try basePath.map { try Self.fit(adapterPath: adapterPath, adapterParameters: adapter.parameterCount, basePath: $0) }
+        base = try basePath.map { try Self.fit(adapter, adapterPath: adapterPath, basePath: $0) }
     }
 
     private struct ScalingKey: Hashable {
@@ -80,7 +88,8 @@ public struct AdapterReport: Sendable {
 
     /// The base's size and every reason the adapter would not merge into it (the merge's own checks, run without
     /// writing anything).
-    private static func fit(adapterPath: String, adapterParameters: Int, basePath: String) throws -> BaseFit {
+    private static func fit(_ adapter: Adapter, adapterPath: String, basePath: String) throws -> BaseFit {
+        let adapterParameters = adapter.parameterCount
         let base = try Checkpoint(path: basePath)
         let baseParameters = base.tensors.reduce(0) { $0 + $1.info.elementCount }
         var problems: [String] = []
@@ -90,8 +99,21 @@ public struct AdapterReport: Sendable {
         } catch let error as PEFTKitError where error.kind == .baseMismatch {
             problems = error.details.isEmpty ? [error.localizedDescription] : error.details
         }
+        // PEFT's count: modules_to_save copies are new trainable parameters, trained biases are the base's own made
+        // trainable, an embedding's saved base_layer is the base's (frozen) weight.
+        let copies = adapter.carried.filter { $0.reason == .modulesToSave }.reduce(0) { $0 + $1.tensor.elementCount }
+        let biases = adapter.carried.filter { $0.reason == .trainedBias }.reduce(0) { $0 + $1.tensor.elementCount }
+        var unsavedTrainable = 0, unsavedFrozen = 0
+        for module in adapter.modules {
+            let dtype = base.location(of: module.weightName)?.info.dtype ?? .f32
+            let extra = adapter.method.unsavedParameters(of: module, baseDType: dtype)
+            unsavedTrainable += extra.trainable
+            unsavedFrozen += extra.frozen
+        }
         return BaseFit(path: basePath, parameters: baseParameters,
                        sharePercent: baseParameters == 0 ? 0 : 100 * Double(adapterParameters) / Double(baseParameters),
-                       problems: problems)
+                       problems: problems,
+                       peftTrainable: adapterParameters + copies + biases + unsavedTrainable,
+                       peftAll: baseParameters + adapterParameters + copies + unsavedTrainable + unsavedFrozen)
     }
 }

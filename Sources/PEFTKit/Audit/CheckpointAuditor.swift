@@ -97,7 +97,7 @@ public enum CheckpointAuditor {
             if let mismatch = headerMismatch(tensor, location) { results.append(mismatch); continue }
             let expected = try PreparedTensor(tensor, plan: plan)
             let comparison = try compare(expected, with: location, buffers: &buffers)
-            results.append(.init(name: tensor.name, status: comparison.maxScaledULP <= tensor.mergedMaxULP ? .passed : .failed,
+            results.append(.init(name: tensor.name, status: comparison.maxScaledULP <= expected.mergedMaxULP ? .passed : .failed,
                                  adapted: tensor.isAdapted, expectedDType: tensor.outputDType, expectedShape: tensor.shape,
                                  actualDType: location.info.dtype, actualShape: location.info.shape,
                                  maxAbsoluteError: comparison.maxAbsoluteError, measure: comparison.maxScaledULP,

@@ -130,6 +130,13 @@ public enum GGUFFormat: AdapterFormat {
         if lora.useDoRA { refusals.append("DoRA (use_dora: llama.cpp has no magnitude vectors)") }
         if lora.loraBias { refusals.append("lora_bias (llama.cpp's LoRA has no bias)") }
         if lora.fanInFanOut { refusals.append("fan_in_fan_out (Conv1D weights)") }
+        if lora.trainableTokens != nil {
+            refusals.append("trainable_token_indices (whole embedding rows; llama.cpp's LoRA has no trainable tokens)")
+        }
+        if let rewrite = lora.baseRewrite {
+            refusals.append("init_lora_weights \"\(rewrite.rawValue)\" (the adapter belongs to a residual of the base, "
+                            + "which llama.cpp does not recompute: it would apply the adapter to the base itself)")
+        }
         for carried in adapter.carried {
             switch carried.reason {
             case .modulesToSave: refusals.append("modules_to_save: whole tensor '\(carried.baseName)' (a GGUF LoRA carries no whole tensors)")
@@ -143,6 +150,15 @@ public enum GGUFFormat: AdapterFormat {
         }
         var misfits: [String] = []
         for module in adapter.modules {
+            let pairRoles: Set<TensorRole> = module.kind == .embedding ? [LoRA.embeddingA, LoRA.embeddingB] : [LoRA.a, LoRA.b]
+            // DoRA's magnitudes are refused once, above.
+            let roles = Set(module.tensors.keys).subtracting(lora.useDoRA ? [LoRA.magnitude] : [])
+            guard roles == pairRoles else {
+                let extra = roles.subtracting(pairRoles).map(\.rawValue).sorted()
+                refusals.append("module '\(module.path)' has tensors a llama.cpp LoRA pair cannot hold: "
+                                + (extra.isEmpty ? "no A and B" : extra.joined(separator: ", ")))
+                continue
+            }
             guard let name = base.architecture.ggufName(of: module.path) else {
                 refusals.append("module '\(module.path)' has no llama.cpp tensor in architecture '\(base.architecture.name)'")
                 continue

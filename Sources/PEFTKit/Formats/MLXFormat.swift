@@ -122,6 +122,11 @@ public enum MLXFormat: AdapterFormat {
         var refusals: [String] = []
         if lora.loraBias { refusals.append("lora_bias (mlx-lm's LoRA has no bias)") }
         if lora.fanInFanOut { refusals.append("fan_in_fan_out (Conv1D weights; mlx-lm's layers are Linear)") }
+        if lora.trainableTokens != nil { refusals.append("trainable_token_indices (mlx-lm has no trainable tokens)") }
+        if let rewrite = lora.baseRewrite {
+            refusals.append("init_lora_weights \"\(rewrite.rawValue)\" (the adapter belongs to a residual of the base that "
+                            + "mlx-lm does not recompute)")
+        }
         if !adapter.carried.isEmpty {
             refusals.append("whole tensors carried by the adapter (\(adapter.carried.map(\.baseName).joined(separator: ", ")))")
         }

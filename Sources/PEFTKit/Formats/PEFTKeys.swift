@@ -2,10 +2,13 @@ import SafeTensors
 
 /// PEFT's tensor names, shared by the formats that keep them (PEFT folders, legacy `.bin`, peftkit files): every key
 /// is `base_model.model.` + the module path + `.` + the role (`lora_A.weight`), or names a whole tensor the adapter
-/// carries (`modules_to_save`, an embedding's `base_layer`, trained biases).
+/// carries (`modules_to_save`, an embedding's `base_layer`, trained biases), or is `base_model.` + a role the whole
+/// adapter shares (VeRA's `vera_A`).
 enum PEFTKeys {
     /// PEFT prefixes every key with the wrapper's path to the base model.
     static let prefix = "base_model.model."
+    /// A tensor the whole adapter shares (`AdapterMethod.sharedRoles`) sits at the wrapper itself: `base_model.vera_A`.
+    static let sharedPrefix = "base_model."
 
     /// Sorts stored tensors into modules (by the method's roles) and carried tensors, and has the method check each
     /// module, collecting every problem.
@@ -16,9 +19,18 @@ enum PEFTKeys {
         var problems: [String] = []
         var moduleTensors: [String: [TensorRole: StoredTensor]] = [:]
         var carried: [CarriedTensor] = []
+        var shared: [TensorRole: StoredTensor] = [:]
         let method = config.method
 
         for tensor in tensors {
+            if let role = method.sharedRoles.first(where: { tensor.name == sharedPrefix + $0.rawValue }) {
+                if shared[role] != nil { problems.append("tensor '\(tensor.name)' appears twice") }
+                if ![.f32, .f16, .bf16, .f64].contains(tensor.dtype) {
+                    problems.append("tensor '\(tensor.name)' has dtype \(tensor.dtype.rawValue); adapter tensors must be floats")
+                }
+                shared[role] = tensor
+                continue
+            }
             guard tensor.name.hasPrefix(prefix) else {
                 problems.append("tensor '\(tensor.name)' does not start with '\(prefix)' (not a PEFT adapter key)")
                 continue
@@ -50,8 +62,9 @@ enum PEFTKeys {
 
         let modules: [AdaptedModule]
         do {
+            try method.checkShared(shared, problems: &problems)
             modules = try moduleTensors.keys.sorted().compactMap { path in
-                try method.makeModule(path: path, tensors: moduleTensors[path]!, problems: &problems)
+                try method.makeModule(path: path, tensors: moduleTensors[path]!, shared: shared, problems: &problems)
             }
         } catch var error as PEFTKitError where error.file == nil {
             error.file = source
@@ -65,7 +78,7 @@ enum PEFTKeys {
                                "\(problems.count) problem(s) between the adapter's config and its tensors", details: problems)
         }
         return Adapter(source: source, format: format, config: config, modules: modules,
-                       carried: carried.sorted { $0.baseName < $1.baseName },
+                       carried: carried.sorted { $0.baseName < $1.baseName }, shared: shared,
                        base: BaseIdentity(nameOrPath: config.baseModelNameOrPath, fingerprint: fingerprint))
     }
 
@@ -86,5 +99,6 @@ enum PEFTKeys {
         adapter.modules.flatMap { module in
             adapter.method.roles.compactMap { role in module.tensors[role].map { (key(module, role), $0) } }
         } + adapter.carried.map { (key($0), $0.tensor) }
+            + adapter.method.sharedRoles.compactMap { role in adapter.shared[role].map { (sharedPrefix + role.rawValue, $0) } }
     }
 }

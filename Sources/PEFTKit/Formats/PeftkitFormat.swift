@@ -361,7 +361,10 @@ extension ModuleRecord {
         guard let kindText = value["kind"]?.stringValue, let kind = AdaptedModule.Kind(rawValue: kindText) else {
             throw invalid("'kind' must be \"linear\" or \"embedding\"")
         }
-        guard let rank = value["rank"]?.integerValue, rank > 0, let rankInt = Int(exactly: rank) else {
+        // 0 only where the adapter rebuilt from its config and tensors has it too: an AdaLoRA module whose triplets
+        // were all pruned.
+        guard let rank = value["rank"]?.integerValue, rank > 0 || (rank == 0 && expected?.rank == 0),
+              let rankInt = Int(exactly: rank) else {
             throw invalid("'rank' must be a positive integer")
         }
         var parameters: [(key: String, value: JSONValue)] = []

@@ -185,7 +185,7 @@ struct MergePlan: Sendable {
             if weight != 1 && !adapter.method.acceptsMergeWeight {
                 throw PEFTKitError(.unsupported, file: adapter.source,
                                    "a merge weight of \(weight) has no meaning for \(adapter.config.peftType), whose change is a "
-                                   + "product rather than a sum; merge it with weight 1")
+                                   + "product or a replacement rather than a sum; merge it with weight 1")
             }
             for module in adapter.modules {
                 if request.direction == .unmerge, let refusal = adapter.method.unmergeRefusal(of: module) {
@@ -207,6 +207,11 @@ struct MergePlan: Sendable {
                     guard Codec.canDecode(dtype), dtype.isArithmetic else {
                         problems.append("module '\(module.path)': base dtype \(dtype.rawValue) cannot be merged into")
                         break
+                    }
+                    if change.rewritesBase, let source = tensor.source?.info.name, source != change.tensor {
+                        throw PEFTKitError(.unsupported, file: adapter.source, tensor: module.path,
+                                           "not supported: \(change.tensor) shares its weights with \(source) (tied), and "
+                                           + "PEFT rewrites the shared weight for this adapter's init, changing both")
                     }
                     if let alone = (tensor.changes.map(\.change) + [change]).compactMap(\.standsAlone).first,
                        !tensor.changes.isEmpty {
@@ -232,6 +237,14 @@ struct MergePlan: Sendable {
             if request.direction == .unmerge {
                 // Undo in reverse order of application.
                 for name in tensors.keys { tensors[name]!.changes.reverse() }
+            }
+            if let embedding = inputEmbedding, configChanges.contains(where: { $0.key == "tie_word_embeddings" }),
+               tensors[embedding.info.name]?.changes.contains(where: { $0.change.rewritesBase }) == true {
+                // The untied head started from the embedding as stored, but PEFT's change (replaced token rows) is to
+                // the weight both share.
+                throw PEFTKitError(.unsupported, tensor: embedding.info.name,
+                                   "not supported: the adapter changes the tied output head and rewrites rows of the "
+                                   + "embedding it shares; the untied head would miss those rows")
             }
             if tiedEmbeddings, let embedding = inputEmbedding,
                !base.tensors.contains(where: { $0.info.name.hasSuffix("lm_head.weight") }),

@@ -16,9 +16,10 @@ final class PreparedTensor {
     init(_ tensor: OutputTensor, plan: MergePlan, direction: MergeDirection = .merge) throws {
         self.tensor = tensor
         start = try tensor.replacement ?? StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
+        let startDType = start.dtype
         operations = try tensor.changes.map { planned in
             do {
-                return try planned.change.prepare(planned.scale, direction)
+                return try planned.change.prepare(planned.scale, direction, startDType)
             } catch var error as PEFTKitError where error.file == nil {
                 error.file = plan.adapters[planned.adapterIndex].source
                 throw error
@@ -39,6 +40,13 @@ final class PreparedTensor {
     }
 
     var elementCount: Int { rows * columns }
+
+    /// The merged tensor's tolerance (spec/tolerance.md §1): the plan's, widened for an F32/F64 result by what a
+    /// factorising change allows (`WeightOperation.factorisationULP`).
+    var mergedMaxULP: Double {
+        guard Comparison.floorsAtTensorMaximum(tensor.outputDType) else { return tensor.mergedMaxULP }
+        return operations.compactMap(\.factorisationULP).reduce(tensor.mergedMaxULP, max)
+    }
 
     /// Decodes rows `rowRange` of the starting value (before any change) into `floats`.
     func startValues(_ rowRange: Range<Int>, into floats: UnsafeMutableBufferPointer<Float>) throws {
@@ -94,6 +102,7 @@ final class PreparedTensor {
                     operation.observe(slice)
                 }
             }
+            try operation.finishFirstPass()
         }
     }
 }

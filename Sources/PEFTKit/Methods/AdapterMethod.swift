@@ -16,6 +16,9 @@ public protocol AdapterMethod: Sendable {
     static var summary: String { get }
     /// Every tensor role a module of this method can have, in the order the formats store them.
     static var roles: [TensorRole] { get }
+    /// Tensors stored once for the whole adapter and used by every module (VeRA's `vera_A`, `vera_B`); PEFT keys
+    /// them `base_model.<role>`. Empty for most methods.
+    static var sharedRoles: [TensorRole] { get }
 
     /// Reads this method's own fields of `adapter_config.json`.
     /// - Parameter problems: every malformed field is noted here (all are reported together).
@@ -30,6 +33,13 @@ public protocol AdapterMethod: Sendable {
     /// `rank_pattern`, scaling …); nil, with the problems noted, when they disagree.
     /// - Throws: `PEFTKitError` `.unsupported` for a module peftkit cannot apply exactly (a convolution's tensors).
     func makeModule(path: String, tensors: [TensorRole: StoredTensor], problems: inout [String]) throws -> AdaptedModule?
+
+    /// `makeModule(path:tensors:problems:)` for a method with `sharedRoles`, given the adapter's shared tensors.
+    func makeModule(path: String, tensors: [TensorRole: StoredTensor], shared: [TensorRole: StoredTensor],
+                    problems: inout [String]) throws -> AdaptedModule?
+
+    /// Checks the adapter's shared tensors once (presence, shapes), noting problems.
+    func checkShared(_ shared: [TensorRole: StoredTensor], problems: inout [String]) throws
 
     /// The changes `module` makes to base tensors, each checked against the base: `baseShape` gives the shape of a
     /// base tensor by name (nil when the base has none). Misfits are noted in `problems`, not thrown.
@@ -48,6 +58,10 @@ public protocol AdapterMethod: Sendable {
     /// Why `module`'s merge cannot be undone from the merged weights, or nil when it can.
     func unmergeRefusal(of module: AdaptedModule) -> String?
 
+    /// Parameters PEFT's model holds for `module` beyond its saved tensors, as `get_nb_trainable_parameters` counts
+    /// them (AdaLoRA's ranknum), split into trainable and frozen; `baseDType` is the dtype of the module's base weight.
+    func unsavedParameters(of module: AdaptedModule, baseDType: DType) -> (trainable: Int, frozen: Int)
+
     /// Whether a merge weight other than 1 means something for this method (it scales an additive change; a
     /// multiplicative one has nothing to scale). The plan refuses other weights where it does not.
     var acceptsMergeWeight: Bool { get }
@@ -56,11 +70,19 @@ public protocol AdapterMethod: Sendable {
 extension AdapterMethod {
     public var name: String { Self.name }
     public var roles: [TensorRole] { Self.roles }
+    public static var sharedRoles: [TensorRole] { [] }
+    public var sharedRoles: [TensorRole] { Self.sharedRoles }
+    public func makeModule(path: String, tensors: [TensorRole: StoredTensor], shared: [TensorRole: StoredTensor],
+                           problems: inout [String]) throws -> AdaptedModule? {
+        try makeModule(path: path, tensors: tensors, problems: &problems)
+    }
+    public func checkShared(_ shared: [TensorRole: StoredTensor], problems: inout [String]) throws {}
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] { [] }
     public func baseTensors(of module: AdaptedModule) -> [String] { [module.weightName] }
     public var settings: [(key: String, value: JSONValue)] { [] }
     public var acceptsMergeWeight: Bool { true }
     public func unmergeRefusal(of module: AdaptedModule) -> String? { nil }
+    public func unsavedParameters(of module: AdaptedModule, baseDType: DType) -> (trainable: Int, frozen: Int) { (0, 0) }
 }
 
 /// The methods peftkit knows, in the order `--help` lists them. Adding a method is its file and one line here.
@@ -73,6 +95,8 @@ public enum MethodRegistry {
         LoHa.self,
         LoKr.self,
         TrainableTokens.self,
+        VeRA.self,
+        AdaLoRA.self,
     ]
 
     /// The method that reads `peftType`, if any.
@@ -111,15 +135,31 @@ public struct ModuleChange: Sendable {
     /// product's sums, 2 for DoRA (the product and the norm). An F32 result may differ from PEFT's by that many ulps
     /// at the tensor's scale (spec/tolerance.md §1).
     public let float32Reductions: Int
+    /// The change first rewrites the base tensor itself, as PEFT does when it loads the adapter (PiSSA, OLoRA): a
+    /// tensor the base shares with another (a tied output head) would change in both places, which the plan refuses.
+    public let rewritesBase: Bool
     /// Decodes the module's tensors into the operation on that tensor. `scale` is the module's scaling times the
-    /// merge weight; `direction` says whether to apply the change or undo it.
-    let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation
+    /// merge weight; `direction` says whether to apply the change or undo it; `baseDType` is the dtype the starting
+    /// value is stored in (for a change that must round an intermediate to it, as PEFT does).
+    let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection, _ baseDType: DType) throws -> any WeightOperation
 
     public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1,
                 prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
         self.tensor = tensor
         self.standsAlone = standsAlone
         self.float32Reductions = float32Reductions
+        self.rewritesBase = false
+        self.prepare = { scale, direction, _ in try prepare(scale, direction) }
+    }
+
+    /// A change that needs the dtype of the base tensor it starts from.
+    public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1, rewritesBase: Bool,
+                preparingOnBase prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection,
+                                                              _ baseDType: DType) throws -> any WeightOperation) {
+        self.tensor = tensor
+        self.standsAlone = standsAlone
+        self.float32Reductions = float32Reductions
+        self.rewritesBase = rewritesBase
         self.prepare = prepare
     }
 }
@@ -135,6 +175,9 @@ public protocol WeightOperation {
     var rowAlignment: Int { get }
     var needsFirstPass: Bool { get }
     func observe(_ slice: WeightRows)
+    /// Called once the first pass has shown every slice, before anything is applied: where an operation that
+    /// factorises the whole tensor does so, and may fail.
+    func finishFirstPass() throws
     func apply(to slice: WeightRows)
     /// Unmerge by solving a system: its condition number, which bounds how much the solve can amplify the merged
     /// file's rounding; nil for a plain subtraction.
@@ -145,15 +188,21 @@ public protocol WeightOperation {
     /// A bound on how far the Float32 change can be from the exact one, counted twice (the merge that made the input
     /// and this unmerge each sum it, in whatever order).
     var summationError: Double { get }
+    /// For a change that factorises W (PiSSA, OLoRA): how many ulps at the tensor's largest magnitude two correct
+    /// Float32 implementations of it may differ by, from the factorisation's conditioning (known after the first
+    /// pass); nil for every other change, whose allowance is its reductions.
+    var factorisationULP: Double? { get }
 }
 
 extension WeightOperation {
     public var rowAlignment: Int { 1 }
     public var needsFirstPass: Bool { false }
     public func observe(_ slice: WeightRows) {}
+    public func finishFirstPass() throws {}
     public var conditionNumber: Double? { nil }
     public var roundingAmplification: Double { conditionNumber ?? 1 }
     public var summationError: Double { 0 }
+    public var factorisationULP: Double? { nil }
 }
 
 /// A horizontal slice of a decoded weight matrix: rows `rows` of a matrix with `columns` columns, stored row-major

@@ -44,9 +44,7 @@ extension LoRA {
             case .product:
                 for o in slice.rows {
                     let row = slice.row(o)
-                    var squares = 0.0
-                    for i in 0..<slice.columns { squares += Double(row[i]) * Double(row[i]) }
-                    let factor = magnitude[o] / Float(squares.squareRoot())
+                    let factor = magnitude[o] / Float(Self.sumOfSquares(row, count: slice.columns).squareRoot())
                     for i in 0..<slice.columns { row[i] *= factor }
                 }
             case .transposedProduct:
@@ -56,6 +54,24 @@ extension LoRA {
                     for c in 0..<slice.columns { row[c] *= factors[c] }
                 }
             }
+        }
+
+        /// Σ xᵢ² in Double, four lanes at a time: one running sum would make every addition wait for the one before
+        /// (this loop was most of the time a DoRA merge spends beyond a LoRA merge).
+        static func sumOfSquares(_ values: UnsafeMutablePointer<Float>, count: Int) -> Double {
+            var lanes = SIMD4<Double>()
+            var i = 0
+            while i + 4 <= count {
+                let x = SIMD4<Double>(Double(values[i]), Double(values[i + 1]), Double(values[i + 2]), Double(values[i + 3]))
+                lanes += x * x
+                i += 4
+            }
+            var total = lanes.sum()
+            while i < count {
+                total += Double(values[i]) * Double(values[i])
+                i += 1
+            }
+            return total
         }
     }
 }

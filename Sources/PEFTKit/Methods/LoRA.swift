@@ -20,7 +20,9 @@ public struct LoRA: AdapterMethod {
     static let bias = TensorRole("lora_B.bias")
     static let embeddingA = TensorRole("lora_embedding_A")
     static let embeddingB = TensorRole("lora_embedding_B")
-    public static let roles = [a, b, bias, embeddingA, embeddingB, magnitude]
+    /// `trainable_token_indices` (TrainableTokens.swift's rows, saved inside the embedding's token adapter).
+    static let tokens = TensorRole("token_adapter.trainable_tokens_delta")
+    public static let roles = [a, b, bias, embeddingA, embeddingB, magnitude, tokens]
 
     /// `r`, `lora_alpha`, `rank_pattern` and `alpha_pattern`.
     public let ranks: RankPatterns
@@ -29,7 +31,11 @@ public struct LoRA: AdapterMethod {
     public let loraBias: Bool
     /// DoRA (DoRA.swift): every module renormalised to its `lora_magnitude_vector`.
     public let useDoRA: Bool
-    public var variant: String { useDoRA ? "dora" : "default" }
+    /// PiSSA / OLoRA (PiSSA.swift): the adapter belongs to a residual of the base that the merge recomputes.
+    public let baseRewrite: BaseRewrite?
+    /// `trainable_token_indices`: a list (for the input embedding), or module name → list; nil when unset.
+    public let trainableTokens: [(module: String?, indices: [Int])]?
+    public var variant: String { useDoRA ? "dora" : baseRewrite?.rawValue ?? "default" }
 
     // Every field PEFT's LoraConfig (0.18 to 0.21) and PeftConfig write is in exactly one of the three lists below or
     // read by `init`; a field in none of them that is set is refused, since peftkit cannot tell what it does.
@@ -38,7 +44,6 @@ public struct LoRA: AdapterMethod {
     static let unsupportedOptions: [(key: String, what: String)] = [
         ("target_parameters", "LoRA on parameters (target_parameters)"),
         ("layer_replication", "layer replication"),
-        ("trainable_token_indices", "trainable tokens"),
         ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)"),
         ("arrow_config", "Arrow routing"),
         ("use_qalora", "QA-LoRA"),
@@ -60,19 +65,30 @@ public struct LoRA: AdapterMethod {
     ]
 
     /// `init_lora_weights` values that only choose the starting A and B: the merge is W + s·B·A whatever they were.
+    /// (EVA starts A from activations and B at zero; it leaves W alone, and the ranks it redistributes are saved in
+    /// `rank_pattern`.)
     static let plainInits: Set<String> = ["gaussian", "eva", "orthogonal"]
+
+    /// Inits that rewrote W from data, randomness or quantisation peftkit cannot reproduce: the residual they left is
+    /// not a function of the base on disk.
+    static let irreproducibleInits: [(prefix: String, why: String)] = [
+        ("pissa_niter_", "a randomized SVD (torch.svd_lowrank) whose random draws are not saved"),
+        ("corda", "the base's activations on the training data"),
+        ("lora_ga", "gradients on the training data"),
+        ("loftq", "a quantisation of the base"),
+    ]
 
     /// Fields `init` reads itself.
     static let readFields: Set<String> = [
         "r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "fan_in_fan_out", "lora_bias", "init_lora_weights",
-        "use_dora",
+        "use_dora", "trainable_token_indices",
     ]
 
     public init(config json: JSONValue, source: String, problems: inout [String]) throws {
         for option in Self.unsupportedOptions where PEFTConfig.isSet(json[option.key]) {
             throw PEFTKitError(.unsupported, file: source, "not supported yet: \(option.what)")
         }
-        try Self.checkInit(json["init_lora_weights"], source: source)
+        baseRewrite = try Self.checkInit(json["init_lora_weights"], source: source)
         let known = Self.mathNeutralFields.union(Self.readFields).union(Self.unsupportedOptions.map(\.key))
         if let unknown = json.objectValue?.first(where: { !known.contains($0.key) && PEFTConfig.isSet($0.value) }) {
             throw PEFTKitError(.unsupported, file: source,
@@ -84,23 +100,34 @@ public struct LoRA: AdapterMethod {
         fanInFanOut = PEFTConfig.flag(json, "fan_in_fan_out", &problems)
         loraBias = PEFTConfig.flag(json, "lora_bias", &problems)
         useDoRA = PEFTConfig.flag(json, "use_dora", &problems)
+        trainableTokens = Self.tokenIndices(json["trainable_token_indices"], &problems)
+        if useDoRA, let baseRewrite {
+            throw PEFTKitError(.unsupported, file: source, "not supported yet: DoRA with init_lora_weights "
+                               + "\"\(baseRewrite.rawValue)\" (the norms would be of the recomputed residual)")
+        }
     }
 
-    /// Refuses inits that rewrote the base weights before training (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA …): the
-    /// adapter then belongs to a residual base, not to the one on disk, and W + s·B·A of the original is wrong.
-    private static func checkInit(_ value: JSONValue?, source: String) throws {
+    /// The init's rewrite of the base that the merge must recompute (PiSSA, OLoRA), or nil for an init that only
+    /// chose A and B. Refuses inits whose rewrite cannot be recomputed from the base on disk (randomized PiSSA, CorDA,
+    /// LoRA-GA, LoftQ): the adapter belongs to a residual peftkit cannot rebuild.
+    private static func checkInit(_ value: JSONValue?, source: String) throws -> BaseRewrite? {
         switch value {
-        case nil, .null?, .bool?: return
-        case .string(let name)? where plainInits.contains(name): return
+        case nil, .null?, .bool?: return nil
+        case .string(let name)? where plainInits.contains(name): return nil
+        // PEFT's own tests: `== "pissa"`, and `.lower() == "olora"`.
+        case .string("pissa")?: return .pissa
+        case .string(let name)? where name.lowercased() == "olora": return .olora
         case .string(let name)?:
-            let known = ["pissa", "olora", "corda", "loftq", "lora_ga"].contains(name) || name.hasPrefix("pissa_niter_")
-            throw PEFTKitError(.unsupported, file: source, known
-                ? "not supported yet: init_lora_weights \"\(name)\" rewrote the base weights before training, so the "
-                  + "adapter belongs to a residual of the base, not to the base itself. Have PEFT convert it to a plain "
-                  + "LoRA of the original base (save_pretrained with path_initial_model_for_weight_conversion), then "
-                  + "merge that"
-                : "not supported: init_lora_weights \"\(name)\" (peftkit knows true, false, "
-                  + plainInits.sorted().map { "\"\($0)\"" }.joined(separator: ", ") + ")")
+            if let rewrite = irreproducibleInits.first(where: { name.hasPrefix($0.prefix) }) {
+                throw PEFTKitError(.unsupported, file: source,
+                    "not supported: init_lora_weights \"\(name)\" rewrote the base weights before training from "
+                    + "\(rewrite.why), so the residual base this adapter belongs to cannot be rebuilt from the base on disk. "
+                    + "Have PEFT convert it to a plain LoRA of the original base (save_pretrained with "
+                    + "path_initial_model_for_weight_conversion), then merge that")
+            }
+            throw PEFTKitError(.unsupported, file: source, "not supported: init_lora_weights \"\(name)\" (peftkit knows "
+                               + "true, false, " + (plainInits.sorted() + ["pissa", "olora"]).map { "\"\($0)\"" }
+                                   .joined(separator: ", ") + ")")
         case let other?:
             throw PEFTKitError(.invalidConfig, file: source,
                                "field 'init_lora_weights' is \(PEFTConfig.describe(other)); expected true, false or a name")
@@ -129,6 +156,9 @@ public struct LoRA: AdapterMethod {
         }
         func expect(_ condition: Bool, _ text: @autoclosure () -> String) {
             if !condition { problems.append("module '\(path)': \(text())") }
+        }
+        if let delta = tensors[Self.tokens] {
+            return try tokenModule(path: path, delta: delta, others: tensors.count - 1, problems: &problems)
         }
         let isEmbedding = tensors[Self.embeddingA] != nil || tensors[Self.embeddingB] != nil
         if useDoRA && isEmbedding {
@@ -185,7 +215,10 @@ public struct LoRA: AdapterMethod {
     }
 
     public func recordedParameters(of module: AdaptedModule) -> [(key: String, value: JSONValue)] {
-        [("alpha", .finite(module.alpha ?? ranks.alpha)), ("scaling", .finite(module.scaling)),
+        if module.tensors[Self.tokens] != nil, let indices = tokenIndices(for: module.path) {
+            return [("token_indices", .array(indices.map { .integer(Int64($0)) }))]
+        }
+        return [("alpha", .finite(module.alpha ?? ranks.alpha)), ("scaling", .finite(module.scaling)),
          ("fan_in_fan_out", .bool(module.kind == .linear && fanInFanOut))]
     }
 
@@ -195,10 +228,21 @@ public struct LoRA: AdapterMethod {
 
     public var settings: [(key: String, value: JSONValue)] {
         [("use_rslora", .bool(useRSLoRA))] + (useDoRA ? [("use_dora", .bool(true))] : [])
+            + (baseRewrite.map { [("init_lora_weights", .string($0.rawValue))] } ?? [])
     }
 
+    /// Replaced rows have nothing to scale.
+    public var acceptsMergeWeight: Bool { trainableTokens == nil }
+
     public func unmergeRefusal(of module: AdaptedModule) -> String? {
-        module.tensors[Self.magnitude] == nil ? nil
+        if module.tensors[Self.tokens] != nil {
+            return "the merge replaced embedding rows (trainable_token_indices) whose original values the adapter does not keep"
+        }
+        if let baseRewrite, module.kind == .linear {
+            return "a \(baseRewrite.title) merge replaced the rank-\(module.rank) top of W's factorisation, which the merged "
+                + "weights no longer hold"
+        }
+        return module.tensors[Self.magnitude] == nil ? nil
             : "a DoRA merge divided each output by ‖W + s·B·A‖, which the merged weights no longer tell"
     }
 
@@ -213,11 +257,15 @@ public struct LoRA: AdapterMethod {
     }
 
     public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
+        if module.tensors[Self.tokens] != nil { return tokenChanges(of: module, baseShape: baseShape, problems: &problems) }
         guard let layout = layout(of: module, baseShape: baseShape, problems: &problems) else { return [] }
         let (aRole, bRole) = module.kind == .embedding ? (Self.embeddingA, Self.embeddingB) : (Self.a, Self.b)
         let a = module.tensors[aRole]!, b = module.tensors[bRole]!, rank = module.rank
         var changes: [ModuleChange]
-        if let magnitude = module.tensors[Self.magnitude] {
+        if let baseRewrite, module.kind == .linear, let shape = baseShape(module.weightName) {
+            // Embeddings: PEFT's Embedding layer runs no PiSSA/OLoRA init, so they merge as plain LoRA.
+            changes = [try rewrittenChange(baseRewrite, module: module, shape: (shape[0], shape[1]), layout: layout, a: a, b: b)]
+        } else if let magnitude = module.tensors[Self.magnitude] {
             changes = [ModuleChange(tensor: module.weightName, standsAlone: "DoRA", float32Reductions: 2) { scale, _ in
                 Renormalized(product: Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout, scale: scale),
                              magnitude: try magnitude.floats())

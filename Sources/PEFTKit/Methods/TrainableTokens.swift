@@ -71,7 +71,10 @@ public struct TrainableTokens: AdapterMethod {
             return []
         }
         let indices = tokenIndices
-        return [ModuleChange(tensor: module.weightName) { _, _ in ReplaceRows(indices: indices, rows: try delta.floats()) }]
+        // PEFT replaces the rows of the weight itself, which a tied head shares (ModuleChange.rewritesBase).
+        return [ModuleChange(tensor: module.weightName, rewritesBase: true) { _, _, _ in
+            ReplaceRows(indices: indices, rows: try delta.floats())
+        }]
     }
 
     /// Copies row i of `rows` over row `indices[i]` of the weight, for the rows a slice holds.
@@ -91,5 +94,74 @@ public struct TrainableTokens: AdapterMethod {
                 for c in 0..<slice.columns { target[c] = rows[start + c] }
             }
         }
+    }
+}
+
+/// LoRA's `trainable_token_indices`: besides the LoRA modules, chosen rows of an embedding are trained whole
+/// (PEFT wraps the embedding in a TrainableTokens layer and saves `<embedding>.token_adapter.trainable_tokens_delta`).
+/// The merge replaces those rows as the standalone method does; a head tied to the embedding shares them, as in PEFT.
+extension LoRA {
+    /// `trainable_token_indices`: a list of token ids (for the input embedding) or module name → list.
+    static func tokenIndices(_ value: JSONValue?, _ problems: inout [String]) -> [(module: String?, indices: [Int])]? {
+        func indices(_ items: [JSONValue], _ what: String) -> [Int] {
+            let ids = items.compactMap { $0.integerValue.flatMap { $0 >= 0 ? Int(exactly: $0) : nil } }
+            if ids.count != items.count || ids.isEmpty {
+                problems.append("\(what) must be a non-empty list of non-negative token ids")
+            }
+            if Set(ids).count != ids.count { problems.append("\(what) names a token twice") }
+            return ids
+        }
+        switch value {
+        case nil, .null?: return nil
+        case .array(let items)?: return [(nil, indices(items, "trainable_token_indices"))]
+        case .object(let members)?:
+            return members.map { (Optional($0.key), indices($0.value.arrayValue ?? [], "trainable_token_indices['\($0.key)']")) }
+        case let other?:
+            problems.append("field 'trainable_token_indices' is \(PEFTConfig.describe(other)); expected a list or an object")
+            return nil
+        }
+    }
+
+    /// The token ids of the embedding at `path`: the list form's, or the entry whose name the path ends with.
+    func tokenIndices(for path: String) -> [Int]? {
+        guard let trainableTokens else { return nil }
+        return trainableTokens.first { entry in
+            entry.module.map { path == $0 || path.hasSuffix("." + $0) } ?? true
+        }?.indices
+    }
+
+    func tokenModule(path: String, delta: StoredTensor, others: Int, problems: inout [String]) throws -> AdaptedModule? {
+        if others > 0 {
+            throw PEFTKitError(.unsupported, tensor: path, "not supported: LoRA tensors and trainable tokens on the same module")
+        }
+        guard let indices = tokenIndices(for: path) else {
+            problems.append("module '\(path)': has trainable_tokens_delta but trainable_token_indices does not name it")
+            return nil
+        }
+        guard delta.shape.count == 2, delta.shape[0] == indices.count else {
+            problems.append("module '\(path)': trainable_tokens_delta has shape \(delta.shape); expected [\(indices.count) "
+                + "token indices, embedding_dim]")
+            return nil
+        }
+        return AdaptedModule(path: path, kind: .embedding, rank: indices.count, alpha: nil, scaling: 1,
+                             tensors: [Self.tokens: delta])
+    }
+
+    func tokenChanges(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
+        guard let (vocabulary, dimension) = module.baseMatrixShape(baseShape, problems: &problems),
+              let indices = tokenIndices(for: module.path) else { return [] }
+        let delta = module.tensors[Self.tokens]!
+        guard delta.shape[1] == dimension else {
+            problems.append("module '\(module.path)': trainable_tokens_delta rows have \(delta.shape[1]) entries but the "
+                + "embedding has \(dimension)")
+            return []
+        }
+        if let outside = indices.first(where: { $0 >= vocabulary }) {
+            problems.append("module '\(module.path)': token index \(outside) is past the embedding's \(vocabulary) rows")
+            return []
+        }
+        return [ModuleChange(tensor: module.weightName, rewritesBase: true) { _, _, _ in
+            TrainableTokens.ReplaceRows(indices: indices, rows: try delta.floats())
+        }]
     }
 }
