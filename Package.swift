@@ -7,6 +7,7 @@ let package = Package(
         .executable(name: "peftkit", targets: ["peftkit"]),
         .library(name: "PEFTKit", targets: ["PEFTKit"]),
         .library(name: "SafeTensors", targets: ["SafeTensors"]),
+        .library(name: "GGUF", targets: ["GGUF"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -21,17 +22,20 @@ let package = Package(
 
         // The file format only: knows nothing of adapters.
         .target(name: "SafeTensors", dependencies: ["CPeftKitJSONC", "CPeftKitZlib", "CPeftKitSystem"]),
+        // llama.cpp's GGUF container only (strict reader, writer, Q8_0): knows nothing of adapters.
+        .target(name: "GGUF", dependencies: ["SafeTensors"]),
         // Adapters, their math and the streaming merge engine.
-        .target(name: "PEFTKit", dependencies: ["SafeTensors", "CPeftKitOpenBLAS", "CPeftKitZlib", "CPeftKitJSONC", "CPeftKitSystem"]),
+        .target(name: "PEFTKit", dependencies: ["SafeTensors", "GGUF", "CPeftKitOpenBLAS", "CPeftKitZlib", "CPeftKitJSONC", "CPeftKitSystem"]),
         // Argument parsing and presentation; a library so tests can run commands in-process.
         .target(name: "PEFTKitCLI", dependencies: [
-            "PEFTKit", "SafeTensors",
+            "PEFTKit", "SafeTensors", "GGUF",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "peftkit", dependencies: ["PEFTKitCLI"]),
 
         .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"]),
-        .testTarget(name: "PEFTKitTests", dependencies: ["PEFTKit", "SafeTensors", "CPeftKitSystem"]),
-        .testTarget(name: "PEFTKitCLITests", dependencies: ["PEFTKitCLI", "PEFTKit", "SafeTensors"]),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF", "SafeTensors"]),
+        .testTarget(name: "PEFTKitTests", dependencies: ["PEFTKit", "SafeTensors", "GGUF", "CPeftKitSystem"]),
+        .testTarget(name: "PEFTKitCLITests", dependencies: ["PEFTKitCLI", "PEFTKit", "SafeTensors", "GGUF"]),
     ]
 )

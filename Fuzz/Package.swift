@@ -5,7 +5,7 @@ import PackageDescription
 
 let fuzzTargets = [
     "FuzzHeader", "FuzzSafeTensorsFile", "FuzzShardIndex", "FuzzAdapterConfig", "FuzzLegacyBin", "FuzzPickle",
-    "FuzzPeftkitFile", "FuzzMLXAdapter",
+    "FuzzPeftkitFile", "FuzzMLXAdapter", "FuzzGGUF",
 ]
 
 let package = Package(
@@ -20,6 +20,7 @@ let package = Package(
             "FuzzSupport",
             .product(name: "SafeTensors", package: "peftkit"),
             .product(name: "PEFTKit", package: "peftkit"),
+            .product(name: "GGUF", package: "peftkit"),
         ])
     }
 )

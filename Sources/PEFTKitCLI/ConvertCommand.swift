@@ -1,4 +1,5 @@
 import ArgumentParser
+import GGUF
 import PEFTKit
 import SafeTensors
 
@@ -26,6 +27,17 @@ struct ConvertCommand: AsyncParsableCommand {
               peftkit convert my-lora.safetensors --to peft --output ./my-lora
               peftkit convert ./my-lora --to mlx -o ./my-lora-mlx      (mlx-lm: load_adapters)
               peftkit convert ./old-bone --to peft --as miss -o ./as-miss   (for PEFT 0.19+)
+
+            llama.cpp (GGUF) adapters need --base, the Hugging Face base folder, both ways: its config.json \
+            gives the architecture (llama, mistral, qwen2, qwen3, gemma2, gemma3, phi3) and the head counts of \
+            the Q/K row permutation llama.cpp applies, its tensors the shapes to check. rsLoRA, rank_pattern and \
+            alpha_pattern come out exact in llama.cpp (it scales every pair by alpha / r: the true per-module \
+            scale is folded into lora_b where they differ; spec/gguf.md). DoRA, lora_bias, modules_to_save and a \
+            LoRA on lm_head or embed_tokens of a base with tied embeddings are refused (exit status 4). A GGUF \
+            input is recognised by its magic, not its name:
+              peftkit convert ./my-lora --to gguf --base ./base -o my-lora.gguf [--outtype f16]
+              peftkit convert my-lora.gguf --to peft --base ./base -o ./my-lora
+              peftkit inspect my-lora.gguf
             """
     )
 
@@ -39,9 +51,14 @@ struct ConvertCommand: AsyncParsableCommand {
 
     @OptionGroup var output: OutputOptions
 
-    @Option(help: ArgumentHelp("The base model the adapter was trained on, to fingerprint (with --to peftkit).",
+    @Option(help: ArgumentHelp("The base model the adapter was trained on: fingerprinted with --to peftkit; needed "
+                               + "to write or read a GGUF adapter (architecture, head counts, shapes).",
                                valueName: "base"))
     var base: String?
+
+    @Option(help: ArgumentHelp("With --to gguf, the tensor type: f32 (default), f16, bf16 or q8_0 (Q8_0 where a row "
+                               + "is whole blocks of 32, else F16, as llama.cpp's converter does).", valueName: "type"))
+    var outtype: String?
 
     @Option(name: .customLong("as"), help: ArgumentHelp(
         "Rewrite the adapter as another method that computes the same: 'miss' turns a Bone adapter into the MiSS "
@@ -54,7 +71,17 @@ struct ConvertCommand: AsyncParsableCommand {
         if let asMethod, asMethod != MiSS.name {
             throw ValidationError("--as takes 'miss' (a Bone adapter rewritten as MiSS), not '\(asMethod)'.")
         }
-        if base != nil && !to.format.recordsBaseFingerprint {
+        let readsGGUF = GGUFFile.hasMagic(adapter)
+        if let outtype, to.format != GGUFFormat.self || !GGUFFormat.outputTypes.contains(outtype) {
+            throw ValidationError(to.format == GGUFFormat.self
+                ? "--outtype takes \(GGUFFormat.outputTypes.joined(separator: ", ")), not '\(outtype)'."
+                : "--outtype applies to --to gguf only.")
+        }
+        if base == nil && (to.format.needsBase || readsGGUF) {
+            throw ValidationError("a GGUF adapter names llama.cpp's tensors, not the model's modules: "
+                + "\(readsGGUF ? "reading" : "writing") one needs --base, the Hugging Face base folder.")
+        }
+        if base != nil && !to.format.recordsBaseFingerprint && !to.format.needsBase && !readsGGUF {
             throw ValidationError("--base is used only with --to "
                 + "\(FormatRegistry.writable.filter { $0.format.recordsBaseFingerprint }.map(\.name).joined(separator: " or ")) "
                 + "(a \(to.name) adapter has no place for a fingerprint).")
@@ -63,10 +90,10 @@ struct ConvertCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let read = try AdapterLoader.load(adapter)
+        let read = try AdapterLoader.load(adapter, base: base)
         let loaded = asMethod == nil ? read : try MiSS.fromBone(read)
         var fingerprint = to.format.recordsBaseFingerprint ? loaded.base.fingerprint : nil
-        if let base {
+        if let base, to.format.recordsBaseFingerprint {
             // Only fingerprint a base the adapter actually fits.
             let report = try AdapterReport(loaded, adapterPath: adapter, basePath: base)
             if let problems = report.base?.problems, !problems.isEmpty {
@@ -75,7 +102,8 @@ struct ConvertCommand: AsyncParsableCommand {
             fingerprint = try BaseFingerprint.compute(adapter: loaded, base: try Checkpoint(path: base))
         }
         try to.format.write(loaded, to: output.output,
-                            options: AdapterWriteOptions(force: output.force, baseFingerprint: fingerprint))
+                            options: AdapterWriteOptions(force: output.force, baseFingerprint: fingerprint, base: base,
+                                                         outputType: outtype))
         let fingerprintNote = if to.format.recordsBaseFingerprint {
             fingerprint.map { ", base fingerprint \($0)" } ?? ", no base fingerprint (give --base to record one)"
         } else if loaded.base.fingerprint != nil {

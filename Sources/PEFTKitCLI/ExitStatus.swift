@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import PEFTKit
 import SafeTensors
 
@@ -52,6 +53,8 @@ public enum ExitStatus: Int32, CaseIterable, Sendable, Error {
             self = Self.status(for: error.kind)
         case let error as SafeTensorsError:
             self = Self.status(for: error)
+        case let error as GGUFError:
+            self = [.io, .fileChanged].contains(error.rule) ? .io : .invalidInput
         case is CommandNotAvailable:
             self = .unsupported
         case is ValidationError:

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import GGUF
 import PEFTKit
 
 /// `peftkit inspect PATH [--json] [--stats] [--all]`.
@@ -19,8 +20,13 @@ struct InspectCommand: AsyncParsableCommand {
             Tensor names and metadata come from the file and are untrusted: control characters are shown \
             escaped, as \\u{1b}.
 
+            A GGUF file (llama.cpp model or adapter, recognised by its magic) is listed with its key-value pairs \
+            (arrays shortened to their first 8 values unless --all) and its tensors: ggml type, dimensions in ggml \
+            order (numpy's shape reversed), elements, bytes, offset (--json schema: spec/gguf.md).
+
             Examples:
               peftkit inspect model.safetensors
+              peftkit inspect my-lora.gguf --json
               peftkit inspect ./TinyLlama-1.1B --all
               peftkit inspect ./TinyLlama-1.1B --stats
               peftkit inspect ./my-lora --json | jq '.parameters'
@@ -50,6 +56,13 @@ struct InspectCommand: AsyncParsableCommand {
     func run() async throws {
         guard FileManager.default.fileExists(atPath: path) else {
             throw PEFTKitError(.io, file: path, "no such file or folder")
+        }
+        if GGUFFile.hasMagic(path) {
+            // A llama.cpp model or adapter: its header, checked by the strict reader.
+            if base != nil { throw ValidationError("--base applies to PEFT and peftkit adapters, not to a GGUF file.") }
+            Console.current.output(try GGUFInspection.render(try GGUFFile(path: path), json: format.json, showAll: all,
+                                                             statistics: stats))
+            return
         }
         var inspection: CheckpointInspection
         switch InspectSubject.classify(path) {

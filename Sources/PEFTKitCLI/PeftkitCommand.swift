@@ -1,4 +1,5 @@
 import ArgumentParser
+import GGUF
 import Foundation
 import PEFTKit
 import SafeTensors
@@ -60,7 +61,7 @@ extension PeftkitCommand {
             case is ExitStatus:
                 // The command has reported already (a failed check); the status says the rest.
                 break
-            case is PEFTKitError, is SafeTensorsError, is CommandNotAvailable, is CocoaError, is POSIXError:
+            case is PEFTKitError, is SafeTensorsError, is GGUFError, is CommandNotAvailable, is CocoaError, is POSIXError:
                 console.error(errorLines(for: error).joined(separator: "\n") + "\n")
             default:
                 if status == .internalError {
@@ -100,6 +101,8 @@ extension PeftkitCommand {
                 + error.details.map { "  - " + TerminalText.escaped($0) }
         case let error as SafeTensorsError:
             return ["peftkit: " + TerminalText.escaped(error.errorDescription ?? error.rule)]
+        case let error as GGUFError:
+            return ["peftkit: " + TerminalText.escaped(error.errorDescription ?? error.rule.rawValue)]
         case is CocoaError, is POSIXError:
             return ["peftkit: " + TerminalText.escaped(error.localizedDescription)]
         default:

@@ -1088,6 +1088,218 @@ def controls():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# llama.cpp GGUF adapters (the strict GGUF reader, GGUFFormat both ways)
+
+GGUF_CONVERT = ["convert", "{case}/adapter.gguf", "--to", "peft", "--base", "{case}/base", "--output", "{output}"]
+TO_GGUF = ["convert", "{case}/adapter", "--to", "gguf", "--base", "{case}/base", "--output", "{output}"]
+GGUF_TYPES = {"u32": 4, "i32": 5, "f32": 6, "bool": 7, "str": 8, "arr": 9}
+
+# The GGUFError rule each GGUF case breaks; CorpusTests opens these files with GGUFFile in-process and checks it.
+GGUF_RULES = {}
+
+
+def gguf_value(kind, value):
+    if kind == "u32":
+        return struct.pack("<I", value)
+    if kind == "i32":
+        return struct.pack("<i", value)
+    if kind == "f32":
+        return struct.pack("<f", value)
+    if kind == "bool":
+        return struct.pack("<B", value)
+    if kind == "str":
+        return struct.pack("<Q", len(value.encode())) + value.encode()
+    if kind == "arr":
+        element, items = value
+        return struct.pack("<IQ", GGUF_TYPES[element], len(items)) + b"".join(gguf_value(element, v) for v in items)
+    raise ValueError(kind)
+
+
+def gguf(kvs, tensors, alignment=32, tensor_count=None, kv_count=None, version=3, pad_end=True):
+    """A GGUF file: kvs [(key, kind, value)], tensors [(name, ggml dims, ggml type, data, offset or None)]."""
+    out = b"GGUF" + struct.pack("<IQQ", version, len(tensors) if tensor_count is None else tensor_count,
+                                len(kvs) if kv_count is None else kv_count)
+    for key, kind, value in kvs:
+        out += gguf_value("str", key) + struct.pack("<I", GGUF_TYPES[kind]) + gguf_value(kind, value)
+    offset = 0
+    for name, dims, ggml_type, data, explicit in tensors:
+        out += gguf_value("str", name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
+        out += struct.pack("<IQ", ggml_type, offset if explicit is None else explicit)
+        offset += len(data) + (-len(data)) % alignment
+    if tensors:
+        out += bytes((-len(out)) % alignment)
+        for i, (_, _, _, data, _) in enumerate(tensors):
+            out += data
+            if pad_end or i < len(tensors) - 1:
+                out += bytes((-len(out)) % alignment)
+    return out
+
+
+GGUF_LORA_KV = [("general.architecture", "str", "llama"), ("general.type", "str", "adapter"),
+                ("adapter.type", "str", "lora"), ("adapter.lora.alpha", "f32", 4.0)]
+
+
+def gguf_lora_tensors(out=OUT, rank=RANK):
+    name = "blk.0.attn_q.weight"
+    return [(name + ".lora_a", [IN, rank], 0, f32(ramp(IN * rank, 3)), None),
+            (name + ".lora_b", [rank, out], 0, f32(ramp(rank * out, 5)), None)]
+
+
+def gguf_base_files(tied=False, model_type="llama"):
+    tensors = base_tensors() + [("model.embed_tokens.weight", "F32", [16, IN], f32(ramp(16 * IN, 2)))]
+    if not tied:
+        tensors.append(("lm_head.weight", "F32", [16, IN], f32(ramp(16 * IN, 4))))
+    return {
+        "base/model.safetensors": safetensors(tensors, {"format": "pt"}),
+        "base/config.json": pretty({"model_type": model_type, "hidden_size": IN, "num_attention_heads": 2,
+                                    "num_key_value_heads": 2, "tie_word_embeddings": tied, "torch_dtype": "float32"}),
+    }
+
+
+def gguf_files(content, **base):
+    files = gguf_base_files(**base)
+    files["adapter.gguf"] = content
+    return files
+
+
+def gguf_cases():
+    def g(slug, description, content, exit, fragment, rule=None, command=GGUF_CONVERT, **base):
+        if rule is not None:
+            GGUF_RULES[slug] = rule
+        case(slug, "gguf", description, gguf_files(content, **base), command, exit, fragment)
+
+    good = gguf(GGUF_LORA_KV, gguf_lora_tensors())
+    g("gguf-truncated-header", "a GGUF adapter cut inside its tensor infos", good[:150], 2, "the header needs",
+      "truncated")
+    g("gguf-truncated-data", "a GGUF adapter cut inside the last tensor's data", good[:len(good) - 40], 2,
+      "past the end", "dataPastEnd")
+    g("gguf-not-version-3", "GGUF version 2", good[:4] + struct.pack("<I", 2) + good[8:], 2, "GGUF version 2",
+      "unsupportedVersion")
+    g("gguf-big-endian", "a big-endian GGUF (version field 3 byte-swapped)", good[:4] + struct.pack(">I", 3) + good[8:],
+      2, "big-endian", "bigEndian")
+    g("gguf-huge-tensor-count", "2^62 tensors declared in a small file",
+      gguf(GGUF_LORA_KV, gguf_lora_tensors(), tensor_count=1 << 62), 2, "cannot fit", "countTooLarge")
+    g("gguf-huge-kv-count", "2^64 - 1 key-value pairs declared", gguf(GGUF_LORA_KV, [], kv_count=(1 << 64) - 1), 2,
+      "cannot fit", "countTooLarge")
+    huge_string = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 62) + b"general.type"
+    g("gguf-huge-string-length", "a key whose length is 2^62 bytes", huge_string, 2, "runs past the end",
+      "stringTooLong")
+    huge_array = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + gguf_value("str", "tokenizer.ggml.tokens") + \
+        struct.pack("<IIQ", 9, 8, 1 << 40) + bytes(64)
+    g("gguf-huge-array-count", "an array of 2^40 strings in a small file", huge_array, 2, "cannot fit", "countTooLarge")
+    g("gguf-overflowing-dims", "dimensions whose product overflows 64 bits",
+      gguf(GGUF_LORA_KV, [("blk.0.attn_q.weight.lora_a", [1 << 32, 1 << 32, 1 << 32], 0, bytes(32), None)]), 2,
+      "overflows 64 bits", "sizeOverflow")
+    g("gguf-unknown-ggml-type", "a tensor of ggml type 31 (no such type)",
+      gguf(GGUF_LORA_KV, [(n, d, 31, data, o) for n, d, _, data, o in gguf_lora_tensors()]), 2, "unknown ggml type 31",
+      "unknownTensorType")
+    g("gguf-partial-block", "a Q8_0 tensor whose rows are 8 values (a block is 32)",
+      gguf(GGUF_LORA_KV, [("blk.0.attn_q.weight.lora_a", [8, 2], 8, bytes(68), None)]), 2, "whole number of Q8_0 blocks",
+      "partialBlock")
+    tensors = gguf_lora_tensors()
+    tensors[1] = tensors[1][:4] + (40,)
+    g("gguf-misaligned-offset", "lora_b at offset 40, not a multiple of the alignment 32",
+      gguf(GGUF_LORA_KV, tensors), 2, "not a multiple of the alignment", "misalignedOffset")
+    tensors = gguf_lora_tensors()
+    tensors[1] = tensors[1][:4] + (0,)
+    g("gguf-overlapping-offsets", "lora_b at offset 0, on top of lora_a", gguf(GGUF_LORA_KV, tensors), 2, "overlaps",
+      "dataOverlap")
+    tensors = gguf_lora_tensors()
+    tensors[1] = tensors[1][:4] + (128,)
+    g("gguf-offset-hole", "lora_b at offset 128, leaving 64 unused bytes after lora_a", gguf(GGUF_LORA_KV, tensors), 2,
+      "leaves unused bytes", "dataHole")
+    g("gguf-trailing-bytes", "64 bytes after the last tensor's padding", good + bytes(64), 2, "after the last tensor",
+      "trailingBytes")
+    tensors = gguf_lora_tensors()
+    g("gguf-duplicate-tensor", "lora_a twice", gguf(GGUF_LORA_KV, [tensors[0], tensors[0]]), 2,
+      "appears more than once", "duplicateTensor")
+    g("gguf-duplicate-key", "general.type twice", gguf(GGUF_LORA_KV + [("general.type", "str", "model")],
+                                                       gguf_lora_tensors()), 2, "appears more than once", "duplicateKey")
+    g("gguf-bad-alignment", "general.alignment 24, not a power of two",
+      gguf(GGUF_LORA_KV + [("general.alignment", "u32", 24)], gguf_lora_tensors(), alignment=24), 2,
+      "must be a power of two", "invalidAlignment")
+    g("gguf-invalid-bool", "a bool of value 2", gguf(GGUF_LORA_KV + [("x.flag", "bool", 2)], gguf_lora_tensors()), 2,
+      "must be 0 or 1", "invalidBool")
+    g("gguf-name-too-long", "a tensor name of 64 bytes (ggml allows 63)",
+      gguf(GGUF_LORA_KV, [("b" * 64, [4], 0, bytes(16), None)]), 2, "ggml allows at most 63", "nameTooLong")
+    # Valid files, wrong adapters.
+    g("gguf-integer-alpha", "adapter.lora.alpha as UINT32 (llama.cpp aborts on it)",
+      gguf(GGUF_LORA_KV[:3] + [("adapter.lora.alpha", "u32", 4)], gguf_lora_tensors()), 2,
+      "adapter.lora.alpha is UINT32")
+    g("gguf-model-not-adapter", "general.type model: a model file", gguf(GGUF_LORA_KV[:1] + [
+        ("general.type", "str", "model")], gguf_lora_tensors()), 2, "general.type is 'model', not 'adapter'")
+    g("gguf-unknown-architecture", "general.architecture mamba, which peftkit has no names for",
+      gguf([("general.architecture", "str", "mamba")] + GGUF_LORA_KV[1:], gguf_lora_tensors()), 4,
+      "not supported: architecture 'mamba'")
+    g("gguf-architecture-mismatch", "an adapter for qwen2 given a llama base",
+      gguf([("general.architecture", "str", "qwen2")] + GGUF_LORA_KV[1:], gguf_lora_tensors()), 3,
+      "the base (model_type 'llama') converts to 'llama'")
+    g("gguf-alora", "an activated LoRA (adapter.alora.invocation_tokens)",
+      gguf(GGUF_LORA_KV + [("adapter.alora.invocation_tokens", "arr", ("u32", [5, 6]))], gguf_lora_tensors()), 4,
+      "not supported: 'adapter.alora.invocation_tokens' (activated LoRA)")
+    g("gguf-lora-a-without-b", "blk.0.attn_q.weight.lora_a without its lora_b",
+      gguf(GGUF_LORA_KV, gguf_lora_tensors()[:1]), 2, "'blk.0.attn_q.weight.lora_a' has no 'blk.0.attn_q.weight.lora_b'")
+    g("gguf-norm-tensor", "a whole norm tensor (mergekit's), not a LoRA pair",
+      gguf(GGUF_LORA_KV, gguf_lora_tensors() + [("blk.0.attn_norm.weight", [IN], 0, f32([1.0] * IN), None)]), 2,
+      "whole norm tensors (mergekit's) are not converted")
+    g("gguf-shape-mismatch", "lora_b of 16 outputs, the base's q_proj has 8",
+      gguf(GGUF_LORA_KV, gguf_lora_tensors(out=16)), 3, "needs a [16, 8] weight")
+    g("gguf-rank-mismatch", "lora_a of rank 2, lora_b of rank 3", gguf(GGUF_LORA_KV, [
+        gguf_lora_tensors()[0], ("blk.0.attn_q.weight.lora_b", [3, OUT], 0, f32(ramp(3 * OUT)), None)]), 2,
+      "disagree on the rank")
+    g("gguf-tied-head", "an output LoRA for a base with tied embeddings (llama.cpp crashes on it)",
+      gguf(GGUF_LORA_KV, [("output.weight.lora_a", [IN, RANK], 0, f32(ramp(IN * RANK)), None),
+                          ("output.weight.lora_b", [RANK, 16], 0, f32(ramp(RANK * 16)), None)]), 4,
+      "of a base with tied embeddings", tied=True)
+    g("gguf-q4-adapter", "a lora_a in Q4_0, which peftkit does not decode",
+      gguf(GGUF_LORA_KV, [("blk.0.attn_q.weight.lora_a", [32, RANK], 2, bytes(36), None),
+                          ("blk.0.attn_q.weight.lora_b", [RANK, OUT], 0, f32(ramp(RANK * OUT)), None)]), 4,
+      "ggml type Q4_0")
+    g("gguf-inspect-overlap", "inspect of a GGUF whose tensors overlap", gguf(GGUF_LORA_KV, [
+        gguf_lora_tensors()[0], gguf_lora_tensors()[1][:4] + (0,)]), 2, "overlaps", command=["inspect", "{case}/adapter.gguf"])
+
+    # PEFT adapters llama.cpp cannot express: refused when writing GGUF.
+    def to_gguf(slug, description, config, tensors, exit, fragment, **base):
+        files = gguf_base_files(**base)
+        files.update(adapter_files(config=config, tensors=tensors))
+        case(slug, "gguf", description, files, TO_GGUF, exit, fragment)
+
+    to_gguf("to-gguf-dora", "a DoRA adapter", lora_config(use_dora=True), lora_tensors() + [
+        (KEY + ".lora_magnitude_vector", "F32", [OUT], f32([1.0] * OUT))], 4, "cannot express DoRA")
+    to_gguf("to-gguf-lora-bias", "a LoRA with lora_bias", lora_config(lora_bias=True), lora_tensors() + [
+        (KEY + ".lora_B.bias", "F32", [OUT], f32(ramp(OUT)))], 4, "lora_bias")
+    to_gguf("to-gguf-modules-to-save", "a LoRA carrying lm_head whole (modules_to_save)",
+            lora_config(modules_to_save=["lm_head"]), lora_tensors() + [
+                ("base_model.model.lm_head.weight", "F32", [16, IN], f32(ramp(16 * IN, 4)))], 4, "modules_to_save")
+    to_gguf("to-gguf-tied-head", "a LoRA on lm_head of a base with tied embeddings",
+            lora_config(target_modules=["lm_head"]), [
+                ("base_model.model.lm_head.lora_A.weight", "F32", [RANK, IN], f32(ramp(RANK * IN))),
+                ("base_model.model.lm_head.lora_B.weight", "F32", [16, RANK], f32(ramp(16 * RANK)))], 4,
+            "lm_head of a base with tied embeddings", tied=True)
+    to_gguf("to-gguf-unknown-architecture", "a base of model_type gpt2, which peftkit has no llama.cpp names for",
+            lora_config(), lora_tensors(), 4, "model_type 'gpt2' has no llama.cpp tensor mapping", model_type="gpt2")
+    to_gguf("to-gguf-ia3", "an IA3 adapter", {"peft_type": "IA3", "target_modules": ["q_proj"],
+                                              "feedforward_modules": [], "base_model_name_or_path": "tiny"},
+            [(KEY + ".ia3_l", "F32", [OUT, 1], f32([1.0] * OUT))], 4, "llama.cpp adapters are LoRA")
+    to_gguf("to-gguf-pissa", "a PiSSA LoRA, which belongs to a residual of the base", lora_config(init_lora_weights="pissa"),
+            lora_tensors(), 4, "init_lora_weights \"pissa\" (the adapter belongs to a residual of the base")
+    to_gguf("to-gguf-trainable-tokens", "a LoRA with trainable_token_indices (whole embedding rows)",
+            lora_config(trainable_token_indices=[1, 2]), lora_tensors() + [
+                ("base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta", "F32", [2, IN],
+                 f32(ramp(2 * IN)))], 4, "trainable_token_indices")
+
+
+def gguf_controls():
+    control("convert-gguf", "the valid GGUF adapter every GGUF reading case starts from",
+            gguf_files(gguf(GGUF_LORA_KV, gguf_lora_tensors())), GGUF_CONVERT)
+    files = gguf_base_files()
+    files.update(adapter_files())
+    control("convert-to-gguf", "the valid PEFT adapter and base every to-gguf case starts from", files, TO_GGUF)
+    control("inspect-gguf", "inspect of the valid GGUF adapter", gguf_files(gguf(GGUF_LORA_KV, gguf_lora_tensors())),
+            ["inspect", "{case}/adapter.gguf"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
 
 def write_case(folder, c):
     os.makedirs(folder)
@@ -1104,6 +1316,8 @@ def write_case(folder, c):
         description["marker"] = c["marker"]
     if c.get("rule") is not None:
         description["rule"] = c["rule"]
+    if c["slug"] in GGUF_RULES:
+        description["gguf_rule"] = GGUF_RULES[c["slug"]]
     with open(os.path.join(folder, "case.json"), "wb") as f:
         f.write((json.dumps(description, indent=2, ensure_ascii=True) + "\n").encode())
 
@@ -1119,7 +1333,9 @@ def main():
     audit_cases()
     lycoris_cases()
     method_cases()
+    gguf_cases()
     controls()
+    gguf_controls()
     slugs = [c["slug"] for c in CASES]
     assert len(set(slugs)) == len(slugs), "duplicate slugs"
     assert set(RULES) == {c["slug"] for c in CASES if c["category"] in ("safetensors", "index")}, "rules"

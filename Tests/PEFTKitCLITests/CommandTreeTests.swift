@@ -90,7 +90,7 @@ func usageErrorsExitWith64AndShowTheUsage(arguments: [String], mention: String) 
         #expect(convert.standardOutput.contains("  \(format.id.padding(toLength: 17, withPad: " ", startingAt: 0)) \(format.summary)\n"), "\(format.id)")
     }
     #expect(AdapterFormatChoice.allValueStrings == FormatRegistry.writable.map { $0.name })
-    #expect(AdapterFormatChoice.allValueStrings == ["peftkit", "mlx", "peft"])
+    #expect(AdapterFormatChoice.allValueStrings == ["gguf", "peftkit", "mlx", "peft"])
     let unknown = await peftkit("convert", "a", "--to", "peft-bin", "-o", "out")
     #expect(unknown.status == 64)
     #expect(unknown.standardError.contains("peftkit"))

@@ -1,4 +1,5 @@
 import Foundation
+import GGUF
 import SafeTensors
 import Testing
 #if canImport(Glibc)
@@ -20,6 +21,8 @@ struct CorpusCase: Sendable, CustomTestStringConvertible {
     let marker: String?
     /// The SafeTensorsError rule the input breaks (safetensors and index cases).
     let rule: String?
+    /// The GGUFError rule the GGUF file of the case breaks.
+    var ggufRule: String? = nil
 
     var testDescription: String { name }
 
@@ -38,7 +41,7 @@ struct CorpusCase: Sendable, CustomTestStringConvertible {
                   let category = json["category"] as? String else { return nil }
             return CorpusCase(name: name, folder: folder, category: category, command: command, exit: Int32(exit),
                               stderrContains: json["stderr_contains"] as? String, marker: json["marker"] as? String,
-                              rule: json["rule"] as? String)
+                              rule: json["rule"] as? String, ggufRule: json["gguf_rule"] as? String)
         }
     }
 
@@ -92,6 +95,30 @@ struct CorpusTests {
         } catch let error as SafeTensorsError {
             #expect(error.rule == testCase.rule, "\(testCase.name): \(error.localizedDescription)")
         }
+    }
+
+    /// The malformed GGUF files, opened in-process with the strict reader: refused with the rule the case records;
+    /// together they cover every rule the reader checks.
+    @Test func ggufCasesBreakTheirRules() throws {
+        let cases = CorpusCase.cases.filter { $0.ggufRule != nil }
+        let readerRules: Set<GGUFError.Rule> = [
+            .fileTooSmall, .notGGUF, .unsupportedVersion, .bigEndian, .countTooLarge, .stringTooLong, .duplicateKey,
+            .invalidBool, .invalidAlignment, .duplicateTensor, .nameTooLong, .unknownTensorType, .partialBlock,
+            .sizeOverflow, .misalignedOffset, .dataOverlap, .dataHole, .dataPastEnd, .trailingBytes, .truncated,
+        ]
+        var covered = Set<GGUFError.Rule>()
+        for testCase in cases {
+            do {
+                _ = try GGUFFile(path: testCase.folder + "/adapter.gguf")
+                Issue.record("\(testCase.name): accepted")
+            } catch let error as GGUFError {
+                #expect(error.rule.rawValue == testCase.ggufRule, "\(testCase.name): \(error.localizedDescription)")
+                covered.insert(error.rule)
+            }
+        }
+        // fileTooSmall and notGGUF are the unit tests' (GGUFTests); a too-small file is not recognised as GGUF here.
+        #expect(readerRules.subtracting(covered).subtracting([.fileTooSmall, .notGGUF]).isEmpty,
+                "rules without a case: \(readerRules.subtracting(covered))")
     }
 
     @Test(arguments: CorpusCase.cases)

@@ -397,3 +397,29 @@ private func layerTensors(_ count: Int) -> [TestTensor] {
     #expect(json["tensors"]?.arrayValue?.first?["name"]?.stringValue == evil)
     #expect(json["metadata"]?["x\u{7}"]?.stringValue == "bell\u{202e}txt")
 }
+
+/// A GGUF file made by llama.cpp's own converter (fixtures/gguf): recognised by its magic, listed with its keys.
+@Test func inspectsAGGUFAdapterMadeByLlamaCpp() async throws {
+    let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path + "/fixtures/gguf/llama-plain/llama.cpp.gguf"
+    let run = await peftkit("inspect", path, "--json")
+    #expect(run.status == 0, "\(run.standardError)")
+    let json = try #require(try JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any])
+    #expect(json["schema"] as? String == "peftkit.inspect-gguf/1")
+    #expect(json["general_type"] as? String == "adapter")
+    #expect(json["architecture"] as? String == "llama")
+    // 2 layers × 7 modules × (lora_a, lora_b), as convert_lora_to_gguf.py wrote them.
+    #expect(json["tensor_count"] as? Int == 28)
+    let kvs = try #require(json["key_values"] as? [[String: Any]])
+    let alpha = try #require(kvs.first { $0["key"] as? String == "adapter.lora.alpha" })
+    #expect(alpha["type"] as? String == "FLOAT32" && alpha["value"] as? Double == 16)
+    let tensors = try #require(json["tensors"] as? [[String: Any]])
+    let first = try #require(tensors.first)
+    #expect(first["name"] as? String == "blk.0.ffn_down.weight.lora_a")
+    // ffn_down: in = intermediate 64, r = 8; ggml order [in, r], numpy [r, in].
+    #expect(first["dimensions"] as? [Int] == [64, 8] && first["shape"] as? [Int] == [8, 64])
+    let text = await peftkit("inspect", path)
+    #expect(text.status == 0)
+    #expect(text.standardOutput.contains("adapter.lora.alpha"))
+    #expect(text.standardOutput.contains("blk.1.attn_q.weight.lora_b"))
+}

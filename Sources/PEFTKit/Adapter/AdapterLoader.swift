@@ -7,7 +7,8 @@ public enum AdapterLoader {
     /// or the legacy `adapter_model.bin`), or a file inside one — judged from the files, not from names alone.
     /// - Throws: `PEFTKitError` (`.io` when nothing is at `path` or no format recognises it; the reader's own errors
     ///   otherwise) or `SafeTensorsError` for a malformed safetensors file.
-    public static func load(_ path: String) throws -> Adapter {
+    /// - Parameter base: the base model, for formats that need it to name modules (GGUF).
+    public static func load(_ path: String, base: String? = nil) throws -> Adapter {
         guard FileManager.default.fileExists(atPath: path) else {
             throw PEFTKitError(.io, file: path, "no such file or folder")
         }
@@ -16,7 +17,7 @@ public enum AdapterLoader {
                                + "its safetensors metadata) nor inside a PEFT adapter folder (no "
                                + "\(PEFTFolderFormat.configFileName) beside it)")
         }
-        return try format.read(path)
+        return try format.read(path, base: base)
     }
 
     /// The first format of the registry that claims `path`.

@@ -11,12 +11,17 @@ public protocol AdapterFormat: Sendable {
     static var summary: String { get }
     /// Whether the format can record the fingerprint of the base an adapter fits (`BaseFingerprint`).
     static var recordsBaseFingerprint: Bool { get }
+    /// Whether reading and writing need the base model (`--base`): a format that names the base's tensors in its own
+    /// scheme (GGUF) needs the base's config and shapes to name modules.
+    static var needsBase: Bool { get }
 
     /// Whether `path` is in this format, judged from the file system and as few bytes as possible.
     /// - Throws: the reader's error when `path` can only be this format but is broken.
     static func claims(_ path: String) throws -> Bool
     /// - Throws: `PEFTKitError` or `SafeTensorsError` naming the file, the tensor and the problem.
     static func read(_ path: String) throws -> Adapter
+    /// Reads with the base model at hand (`base`, a model folder), for formats that need it; the others ignore it.
+    static func read(_ path: String, base: String?) throws -> Adapter
     /// Writes `adapter` at `path`, atomically: nothing appears under `path` until it is complete.
     /// - Throws: `PEFTKitError` `.unsupported` when the format cannot express the adapter exactly; `.io` when the
     ///   path exists (unless `options.force`) or cannot be written.
@@ -25,6 +30,8 @@ public protocol AdapterFormat: Sendable {
 
 extension AdapterFormat {
     public static var recordsBaseFingerprint: Bool { false }
+    public static var needsBase: Bool { false }
+    public static func read(_ path: String, base: String?) throws -> Adapter { try read(path) }
 
     public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
         throw PEFTKitError(.unsupported, file: path, "peftkit reads \(id) adapters but does not write them")
@@ -47,10 +54,16 @@ public struct AdapterWriteOptions: Sendable {
     public var force: Bool
     /// The base fingerprint to record, where the format has a place for it (nil leaves it absent).
     public var baseFingerprint: String?
+    /// The base model folder, for formats that need it (`AdapterFormat.needsBase`).
+    public var base: String?
+    /// The tensor type to store, for formats that offer a choice (GGUF: f32, f16, bf16, q8_0); nil for the default.
+    public var outputType: String?
 
-    public init(force: Bool = false, baseFingerprint: String? = nil) {
+    public init(force: Bool = false, baseFingerprint: String? = nil, base: String? = nil, outputType: String? = nil) {
         self.force = force
         self.baseFingerprint = baseFingerprint
+        self.base = base
+        self.outputType = outputType
     }
 }
 
@@ -58,6 +71,7 @@ public struct AdapterWriteOptions: Sendable {
 /// before the folder around it. Adding a format is its file and one line here.
 public enum FormatRegistry {
     public static let all: [any AdapterFormat.Type] = [
+        GGUFFormat.self,
         PeftkitFormat.self,
         MLXFormat.self,
         PEFTFolderFormat.self,

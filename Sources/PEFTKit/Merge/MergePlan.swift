@@ -51,7 +51,7 @@ struct MergePlan: Sendable {
     static func make(_ request: MergeRequest) throws -> MergePlan {
         try check(request)
         let base = try Checkpoint(path: request.base)
-        let adapters = try request.adapters.map(AdapterLoader.load)
+        let adapters = try request.adapters.map { try AdapterLoader.load($0, base: request.base) }
         var builder = Builder(request: request, base: base)
         for (index, adapter) in adapters.enumerated() {
             try builder.check(adapter)
