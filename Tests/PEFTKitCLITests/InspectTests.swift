@@ -423,3 +423,20 @@ private func layerTensors(_ count: Int) -> [TestTensor] {
     #expect(text.standardOutput.contains("adapter.lora.alpha"))
     #expect(text.standardOutput.contains("blk.1.attn_q.weight.lora_b"))
 }
+
+/// `inspect ADAPTER --base BASE` shows PEFT's own `get_nb_trainable_parameters()` numbers, recorded by
+/// fixtures/count_parameters.py from PEFT 0.18.1 (dora-llama-bf16: 9952 trainable of 41344).
+@Test func inspectWithABaseReportsPEFTsParameterCounts() async throws {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().path + "/fixtures/cases/dora-llama-bf16"
+    let run = await peftkit("inspect", root + "/adapter", "--base", root + "/base", "--json")
+    #expect(run.status == 0, "\(run.standardError)")
+    let json = try #require(try JSONSerialization.jsonObject(with: Data(run.standardOutput.utf8)) as? [String: Any])
+    let base = try #require((json["adapter"] as? [String: Any])?["base"] as? [String: Any])
+    #expect(base["peft_trainable_parameters"] as? Int == 9952)
+    #expect(base["peft_all_parameters"] as? Int == 41344)
+    let percent = try #require(base["peft_trainable_percent"] as? Double)
+    #expect(abs(percent - 100 * 9952 / 41344.0) < 1e-9)
+    let text = await peftkit("inspect", root + "/adapter", "--base", root + "/base")
+    #expect(text.standardOutput.contains("trainable params: 9,952 || all params: 41,344"), "\(text.standardOutput)")
+}

@@ -68,6 +68,9 @@ enum InspectJSONReport {
                 ("path", .string(base.path)), ("parameters", integer(base.parameters)),
                 ("share_percent", real(base.sharePercent)), ("fits", .bool(base.problems.isEmpty)),
                 ("problems", .array(base.problems.map { .string($0) })),
+                ("peft_trainable_parameters", integer(base.peftTrainable)),
+                ("peft_all_parameters", integer(base.peftAll)),
+                ("peft_trainable_percent", real(base.peftTrainablePercent)),
             ])))
         }
         return .object(members)

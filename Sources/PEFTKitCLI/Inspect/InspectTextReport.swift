@@ -101,6 +101,9 @@ enum InspectTextReport {
         if let base = adapter.base {
             rows.append(("base", "\(TerminalText.escaped(base.path)): \(countDescription(base.parameters)) parameters; "
                 + "the adapter is \(String(format: "%.3g", base.sharePercent)) % of it"))
+            // Spelled as PEFT's print_trainable_parameters() prints it, so the two can be compared by eye.
+            rows.append(("PEFT counts", "trainable params: \(NumberFormatting.grouped(base.peftTrainable)) || all params: "
+                + "\(NumberFormatting.grouped(base.peftAll)) || trainable%: \(String(format: "%.4f", base.peftTrainablePercent))"))
             if base.problems.isEmpty {
                 rows.append(("fit", "all \(adapter.moduleCount) modules fit the base"))
             } else {
