@@ -87,6 +87,8 @@ public struct CombineReport: Sendable {
     public let modules: Int
     /// DARE: the fraction of values kept, over all masks drawn (expected: the density).
     public let keptFraction: Double?
+    /// DARE: how many mask values were drawn.
+    public let drawn: Int
     public let notes: [String]
 }
 
@@ -223,7 +225,8 @@ public enum Combine {
         let adapter = try builder.adapter(config: json, source: request.output)
         let fraction = kept.drawn > 0 ? Double(kept.kept) / Double(kept.drawn) : nil
         return (adapter, CombineReport(method: method, requested: request.method, rank: newRank,
-                                       modules: builder.modules.count, keptFraction: fraction, notes: notes))
+                                       modules: builder.modules.count, keptFraction: fraction, drawn: kept.drawn,
+                                       notes: notes))
     }
 
     /// PEFT's new `target_modules`: the union of the lists, or the regular expressions joined as `(a)|(b)`.

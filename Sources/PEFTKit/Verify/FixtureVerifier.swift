@@ -105,6 +105,7 @@ package enum FixtureVerifier {
     ///   merge, or any kind `MergeEngine.run` throws), SafeTensorsError for an unreadable checkpoint, or a Foundation
     ///   error when the scratch folder cannot be made.
     package static func verify(caseFolder: String) throws -> [VerificationCheck] {
+        if CombineFixture.isCase(caseFolder) { return try CombineFixture.verify(caseFolder: caseFolder) }
         let manifest = try Manifest(folder: caseFolder)
         let file = { (name: String) in (caseFolder as NSString).appendingPathComponent(name) }
         let scratch = NSTemporaryDirectory() + "peftkit-verify-\(getpid())-\(UUID().uuidString)"
