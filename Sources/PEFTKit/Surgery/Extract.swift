@@ -1,5 +1,9 @@
+import CPeftKitOpenBLAS
 import Foundation
 import SafeTensors
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// `peftkit extract BASE TUNED`: a LoRA whose B·A best approximates ΔW = W_tuned − W_base, module by module.
 ///
@@ -86,7 +90,7 @@ public struct ExtractReport: Sendable {
 }
 
 public enum Extract {
-    static let chunkBytes = 4 << 20
+    static let chunkBytes = 1 << 20
 
     public static func run(_ request: ExtractRequest, progress: (@Sendable (MergeProgress) -> Void)? = nil) throws -> ExtractReport {
         let start = Date()
@@ -95,12 +99,19 @@ public enum Extract {
         try checkSameTensors(base, tuned, request)
         let conv1D = modelType(of: base) == "gpt2"
         let weightNames = Set(base.tensors.filter { $0.info.shape.count == 2 }.map(\.info.name))
-        LinearAlgebra.useThreads(ProcessInfo.processInfo.activeProcessorCount)
-
-        var random = SurgeryRandom(seed: request.seed)
+        // Modules are factored on `workers` threads, each with single-threaded BLAS (measured here: two threads of
+        // OpenBLAS on one module spend their time spinning; two modules at once use both cores).
+        LinearAlgebra.useOneThread()
+        let workers = max(1, min(2, ProcessInfo.processInfo.activeProcessorCount))
+        let reader = ChunkReader(chunkBytes: chunkBytes)
+        // ΔW of the modules in flight: one buffer per worker, grown to the largest module and reused (a fresh 46 MB
+        // array per module would cost its page faults every time).
+        let pool = WorkspacePool(count: workers)
+        let queue = DispatchQueue(label: "peftkit.extract", attributes: .concurrent)
+        let group = DispatchGroup()
+        defer { group.wait() }  // an error thrown below leaves no worker behind
+        var ordinal: UInt64 = 0
         var builder: LoRABuilder?
-        var moduleDType: DType?
-        var reports: [ExtractReport.Module] = []
         var carried: [CarriedTensor] = []
         var modulesToSave: [String] = []
         var skipped: [(String, String)] = []
@@ -119,102 +130,61 @@ public enum Extract {
                                         bytesTotal: totalBytes, currentTensor: name))
             }
             let path = name.hasSuffix(".weight") ? String(name.dropLast(7)) : nil
-            let isCandidate = info.shape.count == 2 && path != nil && Codec.canDecode(info.dtype) && info.dtype.isFloat
-            // One pass: compare chunk by chunk; from the first differing chunk on (candidates only), decode ΔW.
-            let (changed, decoded) = try compare(b, t, decode: isCandidate)
-            guard changed else { unchanged += 1; continue }
-            guard let path, info.dtype.isFloat else {
-                throw PEFTKitError(.unsupported, file: request.tuned, tensor: name,
-                                   "not supported: the tensor changed but is \(info.dtype.rawValue) \(info.shape), not a "
-                                   + "float weight a LoRA or a carried tensor can express")
+            let isEmbedding = path.map(Self.isEmbedding) ?? false
+            let selected = path.map { request.modules.isEmpty || PEFTConfig.patternKey(request.modules, matching: $0) != nil } ?? false
+            // Only a module that will be factored has its difference decoded (into the one reused buffer).
+            let extractable = info.shape.count == 2 && path != nil && info.dtype.isFloat && selected
+                && (!isEmbedding || request.embeddings == .lora)
+            // One pass: compare chunk by chunk; from the first differing chunk on, decode ΔW.
+            try pool.check()
+            let workspace = extractable ? pool.take() : Workspace()
+            let changed: Bool
+            do {
+                changed = try compare(b, t, decode: extractable, into: &workspace.values, reader: reader)
+            } catch {
+                if extractable { pool.give(workspace) }
+                throw error
             }
-            switch info.shape.count {
-            case 1:
-                // A norm's or a bias's vector, carried whole.
-                let module = String(path)
-                if name.hasSuffix(".bias"), weightNames.contains(module + ".weight") {
-                    throw PEFTKitError(.unsupported, file: request.tuned, tensor: name,
-                                       "not supported: the bias of the 2-D module '\(module)' changed; a LoRA adapter can "
-                                       + "carry it only by saving the whole module (modules_to_save), which would replace "
-                                       + "its LoRA. Extract from checkpoints whose biases are equal, or merge the bias yourself")
-                }
-                let moduleName = String(name[..<name.lastIndex(of: ".")!])
-                if request.modules.isEmpty || PEFTConfig.patternKey(request.modules, matching: moduleName) != nil {
-                    carried.append(CarriedTensor(baseName: name, reason: .modulesToSave, tensor: StoredTensor(view: try t.file.view(t.info))))
-                    if !modulesToSave.contains(moduleName) { modulesToSave.append(moduleName) }
-                } else {
-                    skipped.append((name, "not matched by --modules"))
-                }
-                continue
-            case 2: break
-            default:
-                throw PEFTKitError(.unsupported, file: request.tuned, tensor: name,
-                                   "not supported: the \(info.shape.count)-D tensor changed (shape \(info.shape)); extract "
-                                   + "handles 2-D weights (Linear, Conv1D, Embedding) and carries 1-D ones")
-            }
-            let isEmbedding = Self.isEmbedding(path)
-            if !isEmbedding, !request.modules.isEmpty, PEFTConfig.patternKey(request.modules, matching: path) == nil {
-                skipped.append((name, "not matched by --modules"))
+            guard changed, extractable else {
+                if extractable { pool.give(workspace) }
+                if !changed { unchanged += 1; continue }
+                try classifyUnextracted(name: name, path: path, info: info, t: t, selected: selected, request: request,
+                                        weightNames: weightNames, carried: &carried, modulesToSave: &modulesToSave,
+                                        skipped: &skipped)
                 continue
             }
-            if isEmbedding {
-                switch request.embeddings {
-                case .skip:
-                    skipped.append((name, "embedding, --embeddings skip"))
-                    continue
-                case .full:
-                    carried.append(CarriedTensor(baseName: name, reason: .modulesToSave, tensor: StoredTensor(view: try t.file.view(t.info))))
-                    modulesToSave.append(path)
-                    continue
-                case .lora:
-                    if !request.modules.isEmpty, PEFTConfig.patternKey(request.modules, matching: path) == nil {
-                        skipped.append((name, "not matched by --modules"))
-                        continue
-                    }
-                }
-            }
-            guard var delta = decoded else { preconditionFailure("a changed candidate has its difference decoded") }
-            let rows = info.shape[0], columns = info.shape[1]
             // Conv1D (GPT-2) stores in × out and embeddings vocab × dim: both are (B·A)ᵀ.
-            let isConv1D = conv1D && !isEmbedding && !path.hasSuffix("lm_head")
+            let isConv1D = conv1D && !isEmbedding && !path!.hasSuffix("lm_head")
             anyConv1D = anyConv1D || isConv1D
-            let transposed = isEmbedding || isConv1D
-            let squared = delta.withUnsafeBufferPointer { LinearAlgebra.squaredNorm($0) }
-            guard squared.isFinite else {
-                let bad = delta.firstIndex { !$0.isFinite } ?? 0
-                throw PEFTKitError(.numerics, file: request.tuned, tensor: name,
-                                   "the difference tuned − base is not finite at flat index \(bad) (\(delta[bad]))")
-            }
-            if squared == 0 { unchanged += 1; continue }  // only signed zeros differed
             let dtype = request.dtype ?? ([.f32, .f16, .bf16].contains(info.dtype) ? info.dtype : .f32)
-            if builder == nil { builder = LoRABuilder(dtype: dtype); moduleDType = dtype }
-
-            let svd = try decompose(delta, rows: rows, columns: columns, squared: squared, request: request, random: &random)
-            let k = chooseRank(svd, squared: squared, choice: request.ranks)
-            let factors = LowRankFactors.split(svd, rank: k, transposed: transposed)
-            let optimal: Double? = svd.isComplete
-                ? (svd.singularValues.dropFirst(k).reduce(0.0) { $0 + Double($1) * Double($1) }).squareRoot() / squared.squareRoot()
-                : nil
-            let module = LoRABuilder.Module(path: path, kind: isEmbedding ? .embedding : .linear, factors: factors,
-                                            dtype: moduleDType!)
-            // The error of the factors as written: ΔW −= B̃Ã in place.
-            let stored = LoRABuilder.stored(module, moduleDType!)
-            let residual = delta.withUnsafeMutableBufferPointer { buffer -> Double in
-                stored.subtract(from: buffer, transposed: transposed)
-                return LinearAlgebra.squaredNorm(UnsafeBufferPointer(buffer))
+            if builder == nil { builder = LoRABuilder(dtype: dtype) }
+            let job = Job(name: name, path: path!, shape: info.shape, kind: isEmbedding ? .embedding : .linear,
+                          transposed: isEmbedding || isConv1D, dtype: builder!.dtype, ordinal: ordinal)
+            ordinal += 1
+            group.enter()
+            queue.async {
+                defer { group.leave() }
+                do {
+                    if let result = try factor(job, &workspace.values, request: request) { pool.add(result) } else { pool.noteUnchanged() }
+                } catch {
+                    pool.fail(error)
+                }
+                pool.give(workspace)
             }
-            delta = []
-            builder!.modules.append(module)
-            reports.append(ExtractReport.Module(path: path, kind: module.kind, shape: info.shape, rank: k,
-                                                norm: squared.squareRoot(), relativeError: (residual / squared).squareRoot(),
-                                                optimalError: optimal))
         }
+        group.wait()
+        pool.drain()
+        try pool.check()
+        if builder != nil { builder!.modules = pool.modules.map(\.module) }
+        let reports = pool.modules.map(\.report)
+        unchanged += pool.unchangedCount
 
         guard !reports.isEmpty || !carried.isEmpty else {
             throw PEFTKitError(.baseMismatch, file: request.tuned,
                                skipped.isEmpty ? "TUNED has the same tensor values as BASE: there is nothing to extract"
                                                : "every tensor that differs was left out, so there is nothing to extract",
-                               details: skipped.map { "\($0.0): \($0.1)" })
+                               details: skipped.prefix(20).map { "\($0.0): \($0.1)" }
+                                   + (skipped.count > 20 ? ["… \(skipped.count - 20) more"] : []))
         }
         var output = builder ?? LoRABuilder(dtype: request.dtype ?? .f32)
         output.carried = carried
@@ -248,6 +218,98 @@ public enum Extract {
 
     // MARK: Steps
 
+    /// A changed module to factor, as the worker needs it.
+    struct Job: Sendable {
+        let name: String
+        let path: String
+        let shape: [Int]
+        let kind: AdaptedModule.Kind
+        /// The stored matrix is (B·A)ᵀ (Conv1D, embeddings).
+        let transposed: Bool
+        let dtype: DType
+        /// The module's place among the factored modules, in name order: its random stream.
+        let ordinal: UInt64
+    }
+
+    /// Factors the module whose ΔW is `workspace[0..<n]`; nil when ΔW is zero after all (signed zeros). The
+    /// workspace is overwritten (the residual is formed in it when the error is measured exactly).
+    static func factor(_ job: Job, _ workspace: inout [Float], request: ExtractRequest) throws
+        -> (module: LoRABuilder.Module, report: ExtractReport.Module)? {
+        let rows = job.shape[0], columns = job.shape[1], count = rows * columns
+        let squared = workspace.withUnsafeBufferPointer { LinearAlgebra.squaredNorm(UnsafeBufferPointer(rebasing: $0[0..<count])) }
+        guard squared.isFinite else {
+            let bad = workspace[0..<count].firstIndex { !$0.isFinite } ?? 0
+            throw PEFTKitError(.numerics, file: request.tuned, tensor: job.name,
+                               "the difference tuned − base is not finite at flat index \(bad) (\(workspace[bad]))")
+        }
+        if squared == 0 { return nil }
+        var random = SurgeryRandom(seed: request.seed, stream: job.ordinal)
+        let svd = try decompose(workspace, rows: rows, columns: columns, squared: squared, request: request, random: &random)
+        let k = chooseRank(svd, squared: squared, choice: request.ranks)
+        let factors = LowRankFactors.split(svd, rank: k, transposed: job.transposed)
+        let tail = svd.isComplete ? svd.singularValues.dropFirst(k).reduce(0.0) { $0 + Double($1) * Double($1) } : nil
+        let module = LoRABuilder.Module(path: job.path, kind: job.kind, factors: factors, dtype: job.dtype)
+        // B·A is the orthogonal projection of ΔW on k directions, so ‖ΔW − B·A‖² = ‖ΔW‖² − Σ_{i≤k} σᵢ² (or the tail
+        // Σ_{i>k} σᵢ² when all are known) — no pass over ΔW. Below 10⁻² relative, where that difference loses
+        // digits and the factors' rounding to the output dtype starts to count, the error is measured exactly:
+        // ΔW −= B̃Ã in place with the rounded factors, one more sgemm.
+        let kept = svd.singularValues.prefix(k).reduce(0.0) { $0 + Double($1) * Double($1) }
+        var residual = tail ?? max(0, squared - kept)
+        if residual < 1e-4 * squared {
+            let stored = LoRABuilder.stored(module, job.dtype)
+            residual = workspace.withUnsafeMutableBufferPointer { whole -> Double in
+                let buffer = UnsafeMutableBufferPointer(rebasing: whole[0..<count])
+                stored.subtract(from: buffer, transposed: job.transposed)
+                return LinearAlgebra.squaredNorm(UnsafeBufferPointer(buffer))
+            }
+        }
+        let report = ExtractReport.Module(path: job.path, kind: job.kind, shape: job.shape, rank: k,
+                                          norm: squared.squareRoot(), relativeError: (residual / squared).squareRoot(),
+                                          optimalError: tail.map { ($0 / squared).squareRoot() })
+        return (module, report)
+    }
+
+    /// A changed tensor that is not factored: a 1-D tensor carried whole (or refused), a 2-D one left out or carried
+    /// as --modules / --embeddings say, anything else refused.
+    static func classifyUnextracted(name: String, path: String?, info: TensorInfo, t: Checkpoint.Location, selected: Bool,
+                                    request: ExtractRequest, weightNames: Set<String>, carried: inout [CarriedTensor],
+                                    modulesToSave: inout [String], skipped: inout [(String, String)]) throws {
+        guard let path, info.dtype.isFloat else {
+            throw PEFTKitError(.unsupported, file: request.tuned, tensor: name,
+                               "not supported: the tensor changed but is \(info.dtype.rawValue) \(info.shape), not a "
+                               + "float weight a LoRA or a carried tensor can express")
+        }
+        switch info.shape.count {
+        case 1:
+            if name.hasSuffix(".bias"), weightNames.contains(path + ".weight") {
+                throw PEFTKitError(.unsupported, file: request.tuned, tensor: name,
+                                   "not supported: the bias of the 2-D module '\(path)' changed; a LoRA adapter can "
+                                   + "carry it only by saving the whole module (modules_to_save), which would replace "
+                                   + "its LoRA. Extract from checkpoints whose biases are equal, or merge the bias yourself")
+            }
+            let moduleName = String(name[..<name.lastIndex(of: ".")!])
+            if request.modules.isEmpty || PEFTConfig.patternKey(request.modules, matching: moduleName) != nil {
+                carried.append(CarriedTensor(baseName: name, reason: .modulesToSave, tensor: StoredTensor(view: try t.file.view(t.info))))
+                if !modulesToSave.contains(moduleName) { modulesToSave.append(moduleName) }
+            } else {
+                skipped.append((name, "not matched by --modules"))
+            }
+        case 2:
+            if !selected {
+                skipped.append((name, "not matched by --modules"))
+            } else if request.embeddings == .skip {
+                skipped.append((name, "embedding, --embeddings skip"))
+            } else {
+                carried.append(CarriedTensor(baseName: name, reason: .modulesToSave, tensor: StoredTensor(view: try t.file.view(t.info))))
+                modulesToSave.append(path)
+            }
+        default:
+            throw PEFTKitError(.unsupported, file: request.tuned, tensor: name,
+                               "not supported: the \(info.shape.count)-D tensor changed (shape \(info.shape)); extract "
+                               + "handles 2-D weights (Linear, Conv1D, Embedding) and carries 1-D ones")
+        }
+    }
+
     /// The rank a module gets: `fixed` capped by what was computed, or the smallest reaching the energy fraction (all
     /// computed values when none does: then the decomposition was exact and rounding kept the sum just short).
     static func chooseRank(_ svd: TruncatedSVD, squared: Double, choice: RankChoice) -> Int {
@@ -257,9 +319,10 @@ public enum Extract {
     /// The SVD a module needs: exact with `--exact`; else randomized at the rank asked for, or, for `--energy`, at
     /// growing sketch sizes until the fraction is reached (the sketch's singular values never exceed the true ones, so
     /// a sketch that reaches F really holds F).
-    static func decompose(_ delta: [Float], rows: Int, columns: Int, squared: Double, request: ExtractRequest,
+    static func decompose(_ workspace: [Float], rows: Int, columns: Int, squared: Double, request: ExtractRequest,
                           random: inout SurgeryRandom) throws -> TruncatedSVD {
-        try delta.withUnsafeBufferPointer { a in
+        try workspace.withUnsafeBufferPointer { whole in
+            let a = UnsafeBufferPointer(rebasing: whole[0..<(rows * columns)])
             if request.exact { return try RandomizedSVD.exact(a, rows: rows, columns: columns) }
             switch request.ranks {
             case .fixed(let r):
@@ -279,52 +342,43 @@ public enum Extract {
         }
     }
 
-    /// Whether the tensors at `b` and `t` differ; when they do and `delta` is given, fills it with t − b in Float32.
-    /// Pages of both files are released chunk by chunk.
-    static func compare(_ b: Checkpoint.Location, _ t: Checkpoint.Location, decode: Bool) throws -> (Bool, [Float]?) {
-        let bView = try b.file.view(b.info), tView = try t.file.view(t.info)
-        let total = b.info.byteCount, elementBytes = b.info.dtype.bitWidth / 8
-        let step = max(elementBytes, chunkBytes / max(elementBytes, 1) * max(elementBytes, 1))
+    /// Whether the tensors at `b` and `t` differ; when they do and `decode` is set, `delta[0..<n]` is t − b in Float32
+    /// (`delta` grown if it is smaller).
+    /// Both are read with `pread` in chunks into two reused buffers (no page of either file is mapped, so nothing
+    /// accumulates in the resident set and no page faults are taken); a short read means the file changed.
+    static func compare(_ b: Checkpoint.Location, _ t: Checkpoint.Location, decode: Bool, into delta: inout [Float],
+                        reader: ChunkReader) throws -> Bool {
+        let total = b.info.byteCount, elementBytes = max(b.info.dtype.bitWidth / 8, 1)
+        let step = max(elementBytes, chunkBytes / elementBytes * elementBytes)
         var offset = 0
         var differs = false
-        var delta: [Float]? = nil
-        var scratch: [Float] = []
         while offset < total {
             let count = min(step, total - offset)
-            let bChunk = UnsafeRawBufferPointer(rebasing: bView.bytes[offset..<(offset + count)])
-            let tChunk = UnsafeRawBufferPointer(rebasing: tView.bytes[offset..<(offset + count)])
-            try b.file.checkUnchanged()
-            try t.file.checkUnchanged()
+            let (bChunk, tChunk) = try reader.read(b, t, offset: offset, count: count)
             if !differs && memcmp(bChunk.baseAddress!, tChunk.baseAddress!, count) != 0 {
                 differs = true
                 if !decode { break }
-                delta = [Float](repeating: 0, count: b.info.elementCount)
+                if delta.count < b.info.elementCount {
+                    delta = [Float](repeating: 0, count: b.info.elementCount)
+                } else {
+                    // The chunks before this one were equal: their difference is zero.
+                    let equal = offset / elementBytes
+                    delta.withUnsafeMutableBufferPointer { $0.baseAddress!.update(repeating: 0, count: equal) }
+                }
             }
             if differs, decode {
                 let first = offset / elementBytes, n = count / elementBytes
-                if scratch.count < n { scratch = [Float](repeating: 0, count: n) }
-                delta!.withUnsafeMutableBufferPointer { d in
+                delta.withUnsafeMutableBufferPointer { d in
                     let target = UnsafeMutableBufferPointer(rebasing: d[first..<(first + n)])
                     Codec.decode(tChunk, as: t.info.dtype, into: target)
-                    scratch.withUnsafeMutableBufferPointer { s in
-                        let base = UnsafeMutableBufferPointer(rebasing: s[0..<n])
-                        Codec.decode(bChunk, as: b.info.dtype, into: base)
-                        for i in 0..<n { target[i] -= base[i] }
-                    }
+                    let scratch = reader.scratch(n)
+                    Codec.decode(bChunk, as: b.info.dtype, into: scratch)
+                    cblas_saxpy(blasint(n), -1, scratch.baseAddress!, 1, target.baseAddress!, 1)
                 }
             }
-            release(b, offset, count)
-            release(t, offset, count)
             offset += count
         }
-        try b.file.checkUnchanged()
-        try t.file.checkUnchanged()
-        return (differs, delta)
-    }
-
-    private static func release(_ location: Checkpoint.Location, _ offset: Int, _ count: Int) {
-        let start = location.info.dataOffsets.lowerBound + offset
-        location.file.release(TensorInfo(name: location.info.name, dtype: .u8, shape: [count], dataOffsets: start..<(start + count)))
+        return differs
     }
 
     /// The same names, shapes and dtypes on both sides; every difference is listed.
@@ -369,4 +423,122 @@ public enum Extract {
 
 extension DType {
     var isFloat: Bool { [.f16, .bf16, .f32, .f64].contains(self) }
+}
+
+/// Reads byte ranges of tensors with `pread` into two reused buffers, one per checkpoint, keeping one descriptor per
+/// file open.
+final class ChunkReader {
+    private var descriptors: [String: Int32] = [:]
+    private let first: UnsafeMutableRawBufferPointer
+    private let second: UnsafeMutableRawBufferPointer
+    private var floats: UnsafeMutableBufferPointer<Float>
+
+    init(chunkBytes: Int) {
+        first = .allocate(byteCount: chunkBytes, alignment: 64)
+        second = .allocate(byteCount: chunkBytes, alignment: 64)
+        floats = .allocate(capacity: chunkBytes / 2)
+    }
+
+    deinit {
+        first.deallocate()
+        second.deallocate()
+        floats.deallocate()
+        for fd in descriptors.values { close(fd) }
+    }
+
+    /// A Float32 buffer of `count` elements (at most a chunk of 16-bit values), reused.
+    func scratch(_ count: Int) -> UnsafeMutableBufferPointer<Float> {
+        if count > floats.count {
+            floats.deallocate()
+            floats = .allocate(capacity: count)
+        }
+        return UnsafeMutableBufferPointer(rebasing: floats[0..<count])
+    }
+
+    func read(_ b: Checkpoint.Location, _ t: Checkpoint.Location, offset: Int, count: Int) throws
+        -> (UnsafeRawBufferPointer, UnsafeRawBufferPointer) {
+        try fill(first, from: b, offset: offset, count: count)
+        try fill(second, from: t, offset: offset, count: count)
+        return (UnsafeRawBufferPointer(rebasing: first[0..<count]), UnsafeRawBufferPointer(rebasing: second[0..<count]))
+    }
+
+    private func fill(_ buffer: UnsafeMutableRawBufferPointer, from location: Checkpoint.Location, offset: Int, count: Int) throws {
+        let path = location.file.path
+        let fd: Int32
+        if let open = descriptors[path] {
+            fd = open
+        } else {
+            fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                throw PEFTKitError(.io, file: path, "cannot open for reading: \(String(cString: strerror(errno)))")
+            }
+            descriptors[path] = fd
+        }
+        let start = location.file.dataStart + location.info.dataOffsets.lowerBound + offset
+        var done = 0
+        while done < count {
+            let n = pread(fd, buffer.baseAddress! + done, count - done, off_t(start + done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw PEFTKitError(.io, file: path, tensor: location.info.name, "read failed: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 {
+                throw PEFTKitError(.io, file: path, tensor: location.info.name,
+                                   "the file ended early (it changed while being read)")
+            }
+            done += n
+        }
+    }
+}
+
+/// One ΔW buffer, passed by reference between the reading loop and a worker (an array passed by value would be
+/// copied on write whenever both still held it).
+final class Workspace: @unchecked Sendable {
+    var values: [Float] = []
+}
+
+/// The ΔW buffers of the modules in flight (one per worker, handed out by a semaphore) and what the workers found.
+final class WorkspacePool: @unchecked Sendable {
+    // @unchecked: every field is touched under `lock` only.
+    private let lock = NSLock()
+    private let available: DispatchSemaphore
+    private var buffers: [Workspace]
+    private var results: [(module: LoRABuilder.Module, report: ExtractReport.Module)] = []
+    private var failure: (any Error)?
+    private var zeroModules = 0
+
+    init(count: Int) {
+        available = DispatchSemaphore(value: count)
+        buffers = (0..<count).map { _ in Workspace() }
+    }
+
+    /// Blocks until a buffer is free.
+    func take() -> Workspace {
+        available.wait()
+        return lock.withLock { buffers.removeLast() }
+    }
+
+    func give(_ buffer: Workspace) {
+        lock.withLock { buffers.append(buffer) }
+        available.signal()
+    }
+
+    func add(_ result: (module: LoRABuilder.Module, report: ExtractReport.Module)) { lock.withLock { results.append(result) } }
+    /// Frees the buffers (once every worker is done).
+    func drain() { lock.withLock { for buffer in buffers { buffer.values = [] } } }
+
+    func noteUnchanged() { lock.withLock { zeroModules += 1 } }
+    func fail(_ error: any Error) { lock.withLock { if failure == nil { failure = error } } }
+
+    /// Rethrows the first error a worker hit.
+    func check() throws {
+        if let failure = lock.withLock({ failure }) { throw failure }
+    }
+
+    /// The results in module path order.
+    var modules: [(module: LoRABuilder.Module, report: ExtractReport.Module)] {
+        lock.withLock { results.sorted { $0.module.path < $1.module.path } }
+    }
+
+    var unchangedCount: Int { lock.withLock { zeroModules } }
 }
