@@ -23,6 +23,8 @@ struct CombineCommand: AsyncParsableCommand {
               dare_ties        DARE's random pruning, then the ties sign step
               svd              ΔW = Σ wᵢ·sᵢ·Bᵢ·Aᵢ, then its best rank-r factors (full SVD: B = U·S, A = Vᵀ)
               ties_svd, dare_linear_svd, dare_ties_svd, magnitude_prune_svd   the method on the ΔWᵢ, then the SVD
+            PEFT's svd_clamp is not offered: it clamps at a quantile of the signed singular-vector values, which \
+            depends on the signs LAPACK happens to choose.
             The result has r = lora_alpha = the new rank (scaling 1) and use_rslora false: PEFT copies \
             use_rslora from the first adapter, which makes its combined adapter √r too large. With one adapter \
             PEFT (and peftkit) use linear. DARE's masks come from peftkit's seeded generator (--seed), not torch's.
@@ -64,10 +66,6 @@ struct CombineCommand: AsyncParsableCommand {
         "Rank of the svd methods' result (default: the largest of the adapters' ranks).", valueName: "r"))
     var svdRank: Int?
 
-    @Option(help: ArgumentHelp("svd methods: clamp B and A at ± this quantile of their values (PEFT's svd_clamp).",
-                               valueName: "q"))
-    var svdClamp: Double?
-
     @OptionGroup var output: OutputOptions
     @OptionGroup var format: AdapterOutputFormatOption
 
@@ -85,11 +83,10 @@ struct CombineCommand: AsyncParsableCommand {
         } else if density != nil {
             throw ValidationError("--density is used by the ties, dare and magnitude_prune methods, not \(method.rawValue).")
         }
-        if (svdRank != nil || svdClamp != nil) && !method.isSVD {
-            throw ValidationError("--svd-rank and --svd-clamp are for the svd methods, not \(method.rawValue).")
+        if svdRank != nil && !method.isSVD {
+            throw ValidationError("--svd-rank is for the svd methods, not \(method.rawValue).")
         }
         if let svdRank, svdRank < 1 { throw ValidationError("--svd-rank must be at least 1.") }
-        if let svdClamp, !(svdClamp > 0 && svdClamp <= 1) { throw ValidationError("--svd-clamp must be in (0, 1].") }
         try PathArguments.validateDistinct(output: output.output, inputs: adapters)
     }
 
@@ -97,7 +94,7 @@ struct CombineCommand: AsyncParsableCommand {
         let loaded = try adapters.map { try AdapterLoader.load($0) }
         let request = CombineRequest(adapters: adapters, weights: weights.isEmpty ? adapters.map { _ in 1 } : weights,
                                      method: method, density: density, majoritySign: majoritySign, seed: seed,
-                                     svdRank: svdRank, svdClamp: svdClamp, output: output.output)
+                                     svdRank: svdRank, output: output.output)
         let (combined, report) = try Combine.combine(loaded, request)
         try format.to.format.write(combined, to: output.output, options: AdapterWriteOptions(force: output.force))
         var text = ""

@@ -9,8 +9,9 @@ import SafeTensors
 ///     cat        A = [w₁s₁A₁; w₂s₂A₂; …] (rows), B = [B₁ B₂ …] (columns), zero-padded to r = Σ rᵢ
 ///     linear, ties, magnitude_prune, dare_linear, dare_ties
 ///                A = op({Aᵢ}, {sign(wᵢsᵢ)·√|wᵢsᵢ|}),  B = op({Bᵢ}, {√|wᵢsᵢ|})   (same rank r everywhere)
-///     *_svd      ΔW = op({sᵢBᵢAᵢ}, {wᵢ}), full SVD, B = U_r·S_r, A = V_rᵀ (r = --svd-rank or max rᵢ),
-///                optional clamp of both to ±quantile(|[B A]| values, c) as PEFT's svd_clamp
+///     *_svd      ΔW = op({sᵢBᵢAᵢ}, {wᵢ}), full SVD, B = U_r·S_r, A = V_rᵀ (r = --svd-rank or max rᵢ);
+///                `svdClamp` clamps both as PEFT's svd_clamp (library only: the quantile is of signed values, so it
+///                depends on the singular vectors' signs, which differ between LAPACK builds)
 ///
 /// with op one of merge_utils': task_arithmetic Σwᵢtᵢ; magnitude_prune (keep the ⌊d·n⌋ largest |tᵢ|, then Σ);
 /// ties (prune, majority sign of the pruned tᵢ by "total" = sign of Σ, or "frequency" = sign of Σ sign, ≥ 0 → +,
