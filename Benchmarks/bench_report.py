@@ -5,7 +5,8 @@
     bench_report.py table CSV [--meta FILE]          Markdown summary of the raw CSV (medians, ratios, targets)
 
 Raw CSV columns: label,kind,adapter,layers,run,exit,wall_s,peak_rss_kb,user_s,sys_s
-kind is one of cp, peftkit, baseline (run.sh --baseline), audit (verify --merged, diff), peft, inspect, true. Empty fields mean "not measured".
+kind is one of cp, peftkit, baseline (run.sh --baseline), audit (verify --merged, diff), peft, inspect, true,
+extract (peftkit extract), mergekit (mergekit-extract-lora). Empty fields mean "not measured".
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ RSS_TARGET_MB = 256.0
 # DoRA's norms need a pass of their own over each weight; its memory must stay as flat as a LoRA merge's.
 RSS_TARGET_MB_BY_ADAPTER = {"dora-r16": 128.0}
 INSPECT_TARGET_MS = 20.0
+# peftkit extract against mergekit-extract-lora (issue 14).
+EXTRACT_SPEEDUP_TARGET = 30.0
 
 
 def hyperfine_rows(path: str, label: str, kind: str) -> None:
@@ -95,7 +98,7 @@ def table(csv_path: str, meta_path: str | None) -> None:
             out.append(f.read().rstrip("\n"))
         out.append("")
 
-    out.append("| what | runs | median wall s | min | max | median peak RSS MB | ratio vs cp | PEFT/peftkit speed-up |")
+    out.append("| what | runs | median wall s | min | max | median peak RSS MB | ratio vs cp | PEFT (mergekit)/peftkit speed-up |")
     out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     checks: list[str] = []
     for g in groups.values():
@@ -104,7 +107,7 @@ def table(csv_path: str, meta_path: str | None) -> None:
             bad = sum(1 for r in g.rows if int(r["exit"]) != 0)
             note = f"failed (exit {g.failed_exit})" + (f" in {bad}/{n} runs" if bad != n else "")
             out.append(f"| {g.label} | {n} | {note} | — | — | — | — | — |")
-            if g.kind in ("peftkit", "inspect"):
+            if g.kind in ("peftkit", "inspect", "extract"):
                 checks.append(f"- {g.label}: not measured ({note})")
             continue
 
@@ -121,8 +124,8 @@ def table(csv_path: str, meta_path: str | None) -> None:
             lora = ok_median_wall(find(groups, "peftkit", "lora-r16", g.layers))
             if lora:
                 lora_ratio = statistics.median(walls) / lora
-        if g.kind == "peft":
-            mine = ok_median_wall(find(groups, "peftkit", g.adapter, g.layers))
+        if g.kind in ("peft", "mergekit"):
+            mine = ok_median_wall(find(groups, "peftkit" if g.kind == "peft" else "extract", g.adapter, g.layers))
             if mine:
                 speedup = statistics.median(walls) / mine
         out.append(
@@ -170,6 +173,12 @@ def target_checks(g: Group, ratio, speedup, rss_mb, median_wall, lora_ratio=None
     elif g.kind == "peft" and speedup is not None:
         lines.append(f"- {verdict(speedup >= SPEEDUP_TARGET)} {g.label}: peftkit is {speedup:.1f} × faster "
                      f"(target ≥ {SPEEDUP_TARGET:.0f} ×)")
+    elif g.kind == "extract" and rss_mb is not None:
+        lines.append(f"- {verdict(rss_mb <= RSS_TARGET_MB)} {g.label}: peak RSS {rss_mb:.0f} MB "
+                     f"(target ≤ {RSS_TARGET_MB:.0f} MB)")
+    elif g.kind == "mergekit" and speedup is not None:
+        lines.append(f"- {verdict(speedup >= EXTRACT_SPEEDUP_TARGET)} {g.label}: peftkit extract is {speedup:.1f} × "
+                     f"faster (target ≥ {EXTRACT_SPEEDUP_TARGET:.0f} ×); mergekit's peak RSS {rss_mb:.0f} MB")
     elif g.kind == "inspect":
         ms = median_wall * 1000
         lines.append(f"- {verdict(ms <= INSPECT_TARGET_MS)} {g.label}: median {ms:.1f} ms "

@@ -17,6 +17,10 @@ CACHE="${HOME}/.cache/peftkit-bench"
 PYTHON="${PYTHON:-${VIRTUAL_ENV:+$VIRTUAL_ENV/bin/python}}"
 PYTHON="${PYTHON:-python3}"
 OUT_ROOT=/dev/shm/peftkit-bench-out
+EXTRACT=1
+EXTRACT_ONLY=0
+MERGEKIT_RUNS=1
+MERGEKIT="${MERGEKIT:-mergekit-extract-lora}"
 RESULTS_DIR="$SCRIPT_DIR/results"
 
 ADAPTERS=(lora-r16 bone-r64 bat-r64 dora-r16 ia3 loha-r16 lokr-r16)
@@ -31,6 +35,9 @@ Times, interleaved round-robin, on the inputs made by Benchmarks/make_inputs.py:
   python Benchmarks/peft_merge.py BASE ADAPTER OUT (HF PEFT load + merge_and_unload + save_pretrained)
   peftkit verify --merged MERGED --base BASE lora-r16, peftkit diff BASE MERGED (MERGED made once, untimed)
   peftkit inspect BASE                             (hyperfine, against \`true\`)
+  peftkit extract BASE TUNED --rank 64 and mergekit-extract-lora --max-rank 64 on the synthetic
+  fine-tune made by Benchmarks/make_tuned.py (the seven projections of every layer), then the
+  per-module error of both adapters (Benchmarks/extract_error.py)
 and with --large, cp and peftkit merge of the 66-layer checkpoint (peak RSS flatness).
 Each merge/copy runs under /usr/bin/time -v (wall time, peak RSS); outputs go to
 $OUT_ROOT (tmpfs), deleted after every run.
@@ -43,6 +50,12 @@ Options:
   --adapters LIST   comma-separated adapter folders to merge (default $(IFS=,; echo "${ADAPTERS[*]}"))
   --inspect-runs N  hyperfine runs of peftkit inspect (default $INSPECT_RUNS)
   --large           also time the 66-layer checkpoint (make_inputs.py --layers 66)
+  --no-extract      leave out the extract rows
+  --extract-only    only the extract rows (peftkit extract, mergekit-extract-lora, errors)
+  --mergekit PATH   mergekit-extract-lora (default: \$MERGEKIT, else the one on PATH;
+                    pip mergekit==0.1.5, Benchmarks/requirements-mergekit.txt)
+  --mergekit-runs K runs of mergekit-extract-lora, spread over the rounds (default $MERGEKIT_RUNS;
+                    several minutes each here)
   --large-runs N    runs for --large (default $LARGE_RUNS)
   --peftkit PATH    peftkit binary (default: $REPO_DIR/.build/release/peftkit,
                     built with 'swift build -c release --static-swift-stdlib' if missing)
@@ -67,6 +80,10 @@ parse_args() {
             --inspect-runs) INSPECT_RUNS=${2:?}; shift 2 ;;
             --large) LARGE=1; shift ;;
             --large-runs) LARGE_RUNS=${2:?}; shift 2 ;;
+            --no-extract) EXTRACT=0; shift ;;
+            --extract-only) EXTRACT_ONLY=1; EXTRACT=1; shift ;;
+            --mergekit) MERGEKIT=${2:?}; shift 2 ;;
+            --mergekit-runs) MERGEKIT_RUNS=${2:?}; shift 2 ;;
             --peftkit) PEFTKIT=${2:?}; shift 2 ;;
             --baseline) BASELINE=${2:?}; shift 2 ;;
             --cache) CACHE=${2:?}; shift 2 ;;
@@ -76,7 +93,7 @@ parse_args() {
             *) usage >&2; die "unknown argument: $1" ;;
         esac
     done
-    for n in "$RUNS" "$PEFT_RUNS" "$INSPECT_RUNS" "$LARGE_RUNS"; do
+    for n in "$RUNS" "$PEFT_RUNS" "$INSPECT_RUNS" "$LARGE_RUNS" "$MERGEKIT_RUNS"; do
         [[ "$n" =~ ^[0-9]+$ ]] || die "not a count: $n"
     done
     (( RUNS > 0 )) || die "--runs must be at least 1"
@@ -202,6 +219,37 @@ bench_inspect() {
     "$PYTHON" "$SCRIPT_DIR/bench_report.py" hyperfine-rows "$WORK/true.json" "true (process start)" true >>"$CSV"
 }
 
+# peftkit extract against mergekit-extract-lora at rank 64, interleaved like the merges: the mergekit runs are spread
+# over the same rounds. mergekit decomposes exactly the modules peftkit does (-i _proj; -e keeps it from saving the
+# embedding and head whole, which it would otherwise add to modules_to_save). The last output of each is kept for
+# the error comparison.
+bench_extract() {
+    local root="$CACHE/llama-22l-bf16" r p m_done=0
+    local base="$root/base" tuned="$root/tuned-r32"
+    local mine="$OUT_ROOT/extract-peftkit" theirs="$OUT_ROOT/extract-mergekit"
+    echo "== peftkit extract and mergekit-extract-lora, rank 64, interleaved: $RUNS rounds, $MERGEKIT_RUNS mergekit run(s)"
+    for ((r = 1; r <= RUNS; r++)); do
+        measure "peftkit extract --rank 64" extract r64 22 "$r" -- \
+            "$PEFTKIT" extract "$base" "$tuned" --rank 64 -o "$mine" --force --quiet
+        for ((p = m_done; p < (r * MERGEKIT_RUNS + RUNS / 2) / RUNS; p++)); do
+            m_done=$((p + 1))
+            rm -rf "$theirs"
+            measure "mergekit-extract-lora --max-rank 64" mergekit r64 22 "$m_done" -- \
+                "$MERGEKIT" --model "$tuned" --base-model "$base" --out-path "$theirs" --max-rank 64 \
+                -i '_proj' -e 'embed_tokens|lm_head' --quiet
+        done
+    done
+    if [[ -f "$mine/adapter_model.safetensors" && -f "$theirs/adapter_model.safetensors" ]]; then
+        "$PYTHON" "$SCRIPT_DIR/extract_error.py" "$base" "$tuned" peftkit="$mine" mergekit="$theirs" \
+            --json "$WORK/extract_error.json" >"$WORK/extract_error.md" 2>>"$WORK/commands.log" \
+            || echo "extract_error.py failed (see $WORK/commands.log)" >"$WORK/extract_error.md"
+    else
+        echo "no adapter from one of the extract runs: errors not compared" >"$WORK/extract_error.md"
+    fi
+    cat "$WORK/extract_error.md"
+    rm -rf "$mine" "$theirs"
+}
+
 bench_large() {
     local root="$CACHE/llama-66l-bf16" base="$CACHE/llama-66l-bf16/base" r
     echo "== 66 layers, $LARGE_RUNS run(s), interleaved"
@@ -248,7 +296,12 @@ main() {
     [[ -x /usr/bin/time ]] || die "/usr/bin/time not found (apt-get install time)"
     "$PYTHON" -c 'import peft, transformers, torch' 2>/dev/null \
         || die "$PYTHON cannot import torch/peft/transformers (see --python)"
-    check_inputs "$CACHE/llama-22l-bf16" "${ADAPTERS[@]}"
+    (( EXTRACT_ONLY == 1 )) || check_inputs "$CACHE/llama-22l-bf16" "${ADAPTERS[@]}"
+    if (( EXTRACT == 1 )); then
+        [[ -f "$CACHE/llama-22l-bf16/tuned-r32/model.safetensors.index.json" ]] \
+            || die "missing $CACHE/llama-22l-bf16/tuned-r32: run Benchmarks/make_tuned.py (or --no-extract)"
+        command -v "$MERGEKIT" >/dev/null || die "$MERGEKIT not found (see --mergekit, or --no-extract)"
+    fi
     (( LARGE == 0 )) || check_inputs "$CACHE/llama-66l-bf16" lora-r16
     resolve_peftkit
     echo "peftkit: $PEFTKIT; logs and raw files: $WORK"
@@ -256,8 +309,14 @@ main() {
     echo "label,kind,adapter,layers,run,exit,wall_s,peak_rss_kb,user_s,sys_s" >"$CSV"
     check_tmpfs_space "$CACHE/llama-22l-bf16/base"
     warm_up "$CACHE/llama-22l-bf16"
-    bench_small
-    bench_inspect
+    if (( EXTRACT_ONLY == 0 )); then
+        bench_small
+        bench_inspect
+    fi
+    if (( EXTRACT == 1 )); then
+        check_tmpfs_space "$CACHE/llama-22l-bf16/base"
+        bench_extract
+    fi
     if (( LARGE == 1 )); then
         check_tmpfs_space "$CACHE/llama-66l-bf16/base"
         warm_up "$CACHE/llama-66l-bf16"
@@ -266,6 +325,9 @@ main() {
 
     write_meta
     "$PYTHON" "$SCRIPT_DIR/bench_report.py" table "$CSV" --meta "$WORK/meta.md" >"$RESULTS_DIR/latest.md"
+    if [[ -f "$WORK/extract_error.md" ]]; then
+        { echo; echo "Extract, rank 64 — error per module:"; echo; cat "$WORK/extract_error.md"; } >>"$RESULTS_DIR/latest.md"
+    fi
     cp "$CSV" "$RESULTS_DIR/latest.csv"
     echo
     cat "$RESULTS_DIR/latest.md"

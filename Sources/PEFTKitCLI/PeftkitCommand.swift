@@ -25,6 +25,9 @@ public struct PeftkitCommand: AsyncParsableCommand {
             ConvertCommand.self,
             VerifyCommand.self,
             DiffCommand.self,
+            ExtractCommand.self,
+            ResizeCommand.self,
+            CombineCommand.self,
         ]
     )
 

@@ -2,13 +2,13 @@ import Testing
 @testable import PEFTKitCLI
 import PEFTKit
 
-@Test func rootCommandHasTheSixSubcommands() {
+@Test func rootCommandHasTheNineSubcommands() {
     #expect(PeftkitCommand.configuration.commandName == "peftkit")
     let names = PeftkitCommand.configuration.subcommands.map { $0.configuration.commandName }
-    #expect(names == ["inspect", "merge", "unmerge", "convert", "verify", "diff"])
+    #expect(names == ["inspect", "merge", "unmerge", "convert", "verify", "diff", "extract", "resize", "combine"])
 }
 
-@Test(arguments: ["inspect", "merge", "unmerge", "convert", "verify", "diff"])
+@Test(arguments: ["inspect", "merge", "unmerge", "convert", "verify", "diff", "extract", "resize", "combine"])
 func everySubcommandHasHelpThatTeaches(name: String) async {
     for arguments in [[name, "--help"], ["help", name]] {
         let run = await peftkit(arguments)

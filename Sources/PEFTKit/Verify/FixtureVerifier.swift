@@ -106,6 +106,7 @@ package enum FixtureVerifier {
     ///   error when the scratch folder cannot be made.
     package static func verify(caseFolder: String) throws -> [VerificationCheck] {
         if let checks = try GGUFFixtureVerifier.verifyIfGGUF(caseFolder: caseFolder) { return checks }
+        if CombineFixture.isCase(caseFolder) { return try CombineFixture.verify(caseFolder: caseFolder) }
         let manifest = try Manifest(folder: caseFolder)
         let file = { (name: String) in (caseFolder as NSString).appendingPathComponent(name) }
         let scratch = NSTemporaryDirectory() + "peftkit-verify-\(getpid())-\(UUID().uuidString)"
