@@ -19,8 +19,9 @@ public enum ProcessSignals {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
             source.setEventHandler {
-                TemporaryOutputs.shared.removeAll()
-                FileDescriptorWriter.write("\npeftkit: interrupted; temporary output removed\n", to: 2)
+                let removed = TemporaryOutputs.shared.removeAll()
+                FileDescriptorWriter.write(removed > 0 ? "\npeftkit: interrupted; temporary output removed\n"
+                                           : "\npeftkit: interrupted; no output was being written\n", to: 2)
                 _exit(128 + signalNumber)
             }
             source.resume()

@@ -126,13 +126,17 @@ public final class SafeTensorsWriter: @unchecked Sendable {
         }
         close(descriptor)
         descriptor = -1
-        guard rename(temporaryPath, path) == 0 else {
-            let reason = SafeTensorsFile.errnoText()
+        do {
+            try TemporaryOutputs.shared.publish(temporaryPath, as: path) {
+                guard rename(temporaryPath, path) == 0 else {
+                    throw SafeTensorsError.io(file: path, operation: "rename into place", reason: SafeTensorsFile.errnoText())
+                }
+            }
+        } catch {
             abortLocked()
-            throw SafeTensorsError.io(file: path, operation: "rename into place", reason: reason)
+            throw error
         }
         state = .finished
-        TemporaryOutputs.shared.unregister(temporaryPath)
         if sync { Self.syncFolder(of: path) }
     }
 

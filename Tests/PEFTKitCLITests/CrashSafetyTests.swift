@@ -186,8 +186,14 @@ struct CrashSafetyTests {
         #expect(sent, "the merge ended before it could be interrupted")
         let result = try await merge.wait()
         #expect(result.ending == .exited(128 + signal), "\(result.ending): \(result.standardError)")
-        #expect(result.standardError.contains("peftkit: interrupted; temporary output removed"))
-        #expect(!FileManager.default.fileExists(atPath: output))
+        if result.standardError.contains("peftkit: interrupted; no output was being written") {
+            // On a loaded machine the signal can be handled only after the merge published its output (which is
+            // atomic with the clean-up): then the output must be the complete merge.
+            #expect(throws: Never.self) { try Checkpoint(path: output) }
+        } else {
+            #expect(result.standardError.contains("peftkit: interrupted; temporary output removed"), "\(result.standardError)")
+            #expect(!FileManager.default.fileExists(atPath: output))
+        }
         #expect(temporaryOutputs(in: parent).isEmpty, "left behind: \(listTree(parent))")
     }
 

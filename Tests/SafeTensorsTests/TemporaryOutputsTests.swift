@@ -61,3 +61,26 @@ private final class Flag: @unchecked Sendable {
     #expect(outputs.isInterrupted)
     #expect(try FileManager.default.contentsOfDirectory(atPath: parent).isEmpty)
 }
+
+/// Publishing and the interrupt clean-up exclude each other: once `removeAll` has begun nothing is moved into
+/// place; once an output is published `removeAll` no longer counts (or touches) it.
+@Test func publishAndRemoveAllExcludeEachOther() throws {
+    let parent = makeTemporaryFolder()
+    defer { try? FileManager.default.removeItem(atPath: parent) }
+    let published = TemporaryOutputs()
+    let first = parent + "/.peftkit-tmp-a", firstFinal = parent + "/a"
+    #expect(FileManager.default.createFile(atPath: first, contents: Data([1])))
+    published.register(first)
+    try published.publish(first, as: firstFinal) { #expect(rename(first, firstFinal) == 0) }
+    #expect(published.removeAll() == 0)
+    #expect(FileManager.default.fileExists(atPath: firstFinal))
+
+    let interrupted = TemporaryOutputs()
+    let second = parent + "/.peftkit-tmp-b", secondFinal = parent + "/b"
+    #expect(FileManager.default.createFile(atPath: second, contents: Data([1])))
+    interrupted.register(second)
+    #expect(interrupted.removeAll() == 1)
+    var moved = false
+    #expect(throws: SafeTensorsError.self) { try interrupted.publish(second, as: secondFinal) { moved = true } }
+    #expect(!moved && !FileManager.default.fileExists(atPath: second) && !FileManager.default.fileExists(atPath: secondFinal))
+}

@@ -112,7 +112,9 @@ public enum GGUFFormat: AdapterFormat {
         defer { TemporaryOutputs.shared.unregister(temporary) }
         do {
             try OutputPath.writeFile(temporary, contents: bytes, reportedAs: path)
-            try OutputPath.moveIntoPlace(temporary, path, replacing: options.force)
+            try TemporaryOutputs.shared.publish(temporary, as: path) {
+                try OutputPath.moveIntoPlace(temporary, path, replacing: options.force)
+            }
         } catch {
             unlink(temporary)
             throw error

@@ -36,15 +36,20 @@ final class OutputFolder {
     /// kernel allows, else moved aside first and removed once the new one is in place.
     func publish() throws {
         OutputPath.syncFolder(temporaryPath)
-        if force && FileManager.default.fileExists(atPath: finalPath) && Self.exchange(temporaryPath, finalPath) {
+        var swapped = false
+        try TemporaryOutputs.shared.publish(temporaryPath, as: finalPath) {
+            if force && FileManager.default.fileExists(atPath: finalPath) && Self.exchange(temporaryPath, finalPath) {
+                swapped = true
+            } else {
+                try OutputPath.moveIntoPlace(temporaryPath, finalPath, replacing: force)
+            }
+        }
+        published = true
+        if swapped {
             // temporaryPath now holds the old output.
             try? FileManager.default.removeItem(atPath: temporaryPath)
             OutputPath.syncFolder(OutputPath.split(finalPath).parent)
-        } else {
-            try OutputPath.moveIntoPlace(temporaryPath, finalPath, replacing: force)
         }
-        published = true
-        TemporaryOutputs.shared.unregister(temporaryPath)
     }
 
     /// Removes the temporary folder (nothing is left under the final name).
