@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// The one error type of the GGUF module: a rule per check of the format, the file, the tensor or key where there is
 /// one, and what is wrong in words.
@@ -32,16 +33,5 @@ public struct GGUFError: LocalizedError, Equatable, Sendable {
     }
 
     /// Names and keys are untrusted text: control characters escaped, very long names cut.
-    public static func quoted(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars.prefix(200) {
-            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
-                out += "\\u{\(String(scalar.value, radix: 16))}"
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        if text.unicodeScalars.count > 200 { out += "…" }
-        return out
-    }
+    public static func quoted(_ text: String) -> String { SafeTensorsError.quoted(text) }
 }

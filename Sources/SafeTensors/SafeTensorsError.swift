@@ -126,7 +126,7 @@ public enum SafeTensorsError: LocalizedError, Equatable, Sendable {
     }
 
     /// Tensor names and keys are untrusted text: show control characters escaped and cut very long names.
-    static func quoted(_ text: String) -> String {
+    package static func quoted(_ text: String) -> String {
         var out = ""
         for scalar in text.unicodeScalars.prefix(200) {
             if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {

@@ -59,18 +59,23 @@ public struct TrainableTokens: AdapterMethod {
     }
 
     public func changes(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) throws -> [ModuleChange] {
+        Self.replacingRows(of: module, indices: tokenIndices, delta: module.tensors[Self.rows]!, baseShape: baseShape,
+                           problems: &problems)
+    }
+
+    /// The change that writes `delta`'s rows over rows `indices` of the module's embedding, once they fit it.
+    static func replacingRows(of module: AdaptedModule, indices: [Int], delta: StoredTensor,
+                              baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
         guard let (vocabulary, dimension) = module.baseMatrixShape(baseShape, problems: &problems) else { return [] }
-        let delta = module.tensors[Self.rows]!
         guard delta.shape[1] == dimension else {
             problems.append("module '\(module.path)': trainable_tokens_delta rows have \(delta.shape[1]) entries but the "
                 + "embedding has \(dimension)")
             return []
         }
-        if let outside = tokenIndices.first(where: { $0 >= vocabulary }) {
+        if let outside = indices.first(where: { $0 >= vocabulary }) {
             problems.append("module '\(module.path)': token index \(outside) is past the embedding's \(vocabulary) rows")
             return []
         }
-        let indices = tokenIndices
         // PEFT replaces the rows of the weight itself, which a tied head shares (ModuleChange.rewritesBase).
         return [ModuleChange(tensor: module.weightName, rewritesBase: true) { _, _, _ in
             ReplaceRows(indices: indices, rows: try delta.floats())
@@ -148,20 +153,8 @@ extension LoRA {
     }
 
     func tokenChanges(of module: AdaptedModule, baseShape: (String) -> [Int]?, problems: inout [String]) -> [ModuleChange] {
-        guard let (vocabulary, dimension) = module.baseMatrixShape(baseShape, problems: &problems),
-              let indices = tokenIndices(for: module.path) else { return [] }
-        let delta = module.tensors[Self.tokens]!
-        guard delta.shape[1] == dimension else {
-            problems.append("module '\(module.path)': trainable_tokens_delta rows have \(delta.shape[1]) entries but the "
-                + "embedding has \(dimension)")
-            return []
-        }
-        if let outside = indices.first(where: { $0 >= vocabulary }) {
-            problems.append("module '\(module.path)': token index \(outside) is past the embedding's \(vocabulary) rows")
-            return []
-        }
-        return [ModuleChange(tensor: module.weightName, rewritesBase: true) { _, _, _ in
-            TrainableTokens.ReplaceRows(indices: indices, rows: try delta.floats())
-        }]
+        guard let indices = tokenIndices(for: module.path) else { return [] }
+        return TrainableTokens.replacingRows(of: module, indices: indices, delta: module.tensors[Self.tokens]!,
+                                             baseShape: baseShape, problems: &problems)
     }
 }
