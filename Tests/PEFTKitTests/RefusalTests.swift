@@ -215,3 +215,15 @@ func loraOptionsThatDoNotChangeTheMergeAreAccepted(field: String) throws {
     let config = "{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \(field)}"
     #expect(throws: Never.self) { _ = try PEFTConfig.parse(try StrictJSON.parse(Array(config.utf8), source: "c"), source: "c") }
 }
+
+/// A method's own trained-bias variant (VeRA's "vera_only") is refused as unsupported (exit 4), not as a broken config.
+@Test func otherMethodsBiasVariantsAreUnsupported() throws {
+    let config = "{\"peft_type\": \"VERA\", \"r\": 8, \"save_projection\": true, \"bias\": \"vera_only\"}"
+    do {
+        _ = try PEFTConfig.parse(try StrictJSON.parse(Array(config.utf8), source: "c"), source: "c")
+        Issue.record("accepted \(config)")
+    } catch let error as PEFTKitError {
+        #expect(error.kind == .unsupported)
+        #expect(error.localizedDescription.contains("bias 'vera_only'"), "\(error.localizedDescription)")
+    }
+}

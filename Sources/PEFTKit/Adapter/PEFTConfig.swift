@@ -44,6 +44,12 @@ public struct PEFTConfig: Sendable {
             modulesToSave = []
         }
         let bias = json["bias"]?.stringValue ?? "none"
+        if bias != "lora_only" && bias.hasSuffix("_only") {
+            // PEFT's other methods name their own variant (VeRA's "vera_only", BOFT's "boft_only"); none is checked here.
+            throw PEFTKitError(.unsupported, file: source,
+                               "not supported yet: bias '\(bias)' (biases trained with a \(peftType) adapter); peftkit "
+                               + "handles \"none\", \"all\" and \"lora_only\"")
+        }
         if !["none", "all", "lora_only"].contains(bias) {
             problems.append("field 'bias' is \(describe(json["bias"] ?? .null)); expected \"none\", \"all\" or \"lora_only\"")
         }
