@@ -6,8 +6,9 @@ import Foundation
 ///     W' = m / ‖W + s·B·A‖ ⊙ (W + s·B·A)      the norm of each output's weights, over the inputs
 ///
 /// For nn.Linear an output is a row of W, so a slice of rows holds everything its norms need. For GPT-2's Conv1D
-/// (`fan_in_fan_out`, W stored in × out) an output is a column: a first pass over the whole tensor sums each
-/// column's squares, and the second applies the factors. PEFT forms the factor m / ‖·‖ and the product in Float32 and
+/// (`fan_in_fan_out`, W stored in × out) an output is a column, and so is an embedding channel (W stored vocab × dim,
+/// m one entry per channel, the norm over the vocabulary, as PEFT's DoRA embedding layer takes it): a first pass
+/// over the whole tensor sums each column's squares, and the second applies the factors. PEFT forms the factor m / ‖·‖ and the product in Float32 and
 /// rounds once, as here (norms are summed in Double; PEFT's Float32 sum may differ in its last bit).
 ///
 /// The merged weights alone do not say what the norms were (‖W'‖ per output is m, whatever W was), so a DoRA merge

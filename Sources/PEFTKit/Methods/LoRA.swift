@@ -161,10 +161,6 @@ public struct LoRA: AdapterMethod {
             return try tokenModule(path: path, delta: delta, others: tensors.count - 1, problems: &problems)
         }
         let isEmbedding = tensors[Self.embeddingA] != nil || tensors[Self.embeddingB] != nil
-        if useDoRA && isEmbedding {
-            problems.append("module '\(path)': not supported yet: DoRA on embeddings")
-            return nil
-        }
         if tensors[Self.magnitude] != nil && !useDoRA {
             problems.append("module '\(path)': has lora_magnitude_vector but the config says use_dora: false")
         }
@@ -178,6 +174,12 @@ public struct LoRA: AdapterMethod {
                 if a.count == 2, b.count == 2 {
                     expect(a[0] == rank, "lora_embedding_A has \(a[0]) rows but the module's r is \(rank)")
                     expect(b[1] == rank, "lora_embedding_B has \(b[1]) columns but the module's r is \(rank)")
+                }
+            }
+            if useDoRA {
+                require(Self.magnitude)
+                if let m = shape(Self.magnitude), let b = shape(Self.embeddingB), b.count == 2 {
+                    expect(m == [b[0]], "lora_magnitude_vector has shape \(m), expected [\(b[0])] (one entry per embedding channel)")
                 }
             }
         } else {
