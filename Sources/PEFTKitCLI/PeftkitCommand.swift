@@ -8,10 +8,10 @@ import SafeTensors
 public struct PeftkitCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "peftkit",
-        abstract: "Inspect, convert, merge, unmerge, verify and diff fine-tuning adapters and models, streaming tensor by tensor.",
+        abstract: "Inspect, convert, merge, unmerge, verify, diff, extract, resize and combine fine-tuning adapters and models, streaming tensor by tensor.",
         discussion: """
             Works on Hugging Face safetensors checkpoints (single files or sharded folders) and on adapters as HF \
-            PEFT saves them. Methods (peft_type):
+            PEFT saves them, and converts LoRA adapters to and from llama.cpp's GGUF and mlx-lm. Methods (peft_type):
             \(RegistryHelp.methods)
 
             Exit status:
