@@ -277,8 +277,13 @@ write_meta() {
         echo "- repo commit: $commit; peftkit: \`$PEFTKIT\`$([[ -n "$BASELINE" ]] && echo "; baseline: \`$BASELINE\`")"
         echo "- inputs: \`$CACHE\` (TinyLlama-1.1B shape, bf16: 22 layers $(size_gb "$CACHE/llama-22l-bf16/base")$( \
             (( LARGE == 0 )) || echo "; 66 layers $(size_gb "$CACHE/llama-66l-bf16/base")"))"
-        echo "- runs: $RUNS per cp/peftkit row (interleaved), $PEFT_RUNS per HF PEFT row$( \
-            (( LARGE == 0 )) || echo ", $LARGE_RUNS per 66-layer row"); outputs on tmpfs ($OUT_ROOT)"
+        if (( EXTRACT_ONLY == 1 )); then
+            echo "- runs: $RUNS per peftkit extract row (interleaved), $MERGEKIT_RUNS per mergekit row; outputs on tmpfs ($OUT_ROOT)"
+        else
+            echo "- runs: $RUNS per cp/peftkit row (interleaved), $PEFT_RUNS per HF PEFT row$( \
+                (( LARGE == 0 )) || echo ", $LARGE_RUNS per 66-layer row")$( \
+                (( EXTRACT == 0 )) || echo ", $MERGEKIT_RUNS per mergekit row"); outputs on tmpfs ($OUT_ROOT)"
+        fi
         echo "- wall time: date +%s%N around /usr/bin/time -v; peak RSS: its \"Maximum resident set size\""
     } >"$WORK/meta.md"
 }
