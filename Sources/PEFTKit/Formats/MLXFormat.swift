@@ -43,10 +43,11 @@ public enum MLXFormat: AdapterFormat {
         let weightsPath = (folder as NSString).appendingPathComponent(weightsFileName)
         let json = try AdapterLoader.readJSON(configPath)
         let fineTuneType = json["fine_tune_type"]?.stringValue ?? "lora"
-        guard fineTuneType == "lora" else {
+        guard fineTuneType == "lora" || fineTuneType == "dora" else {
             throw PEFTKitError(.unsupported, file: configPath, "not supported yet: mlx-lm fine_tune_type '\(fineTuneType)' "
-                               + "(peftkit reads mlx-lm LoRA adapters)")
+                               + "(peftkit reads mlx-lm LoRA and DoRA adapters)")
         }
+        let dora = fineTuneType == "dora"
         guard let parameters = json["lora_parameters"],
               let rank = parameters["rank"]?.integerValue, rank > 0, rank <= Int64(Int32.max),
               let scale = parameters["scale"]?.doubleValue, scale.isFinite else {
@@ -58,6 +59,19 @@ public enum MLXFormat: AdapterFormat {
         var tensors: [StoredTensor] = []
         var targets = Set<String>()
         for info in weights.tensors {
+            if dora && info.name.hasSuffix(".m") && info.shape.count == 1 {
+                // DoRA's magnitude: mlx-lm's m is PEFT's lora_magnitude_vector (one entry per output), as stored.
+                let module = String(info.name.dropLast(2))
+                guard !MergePlan.isInputEmbedding(module + ".weight") else {
+                    throw PEFTKitError(.unsupported, file: weightsPath, tensor: info.name,
+                                       "not supported: a DoRA embedding (mlx-lm's DoRAEmbedding and PEFT's differ)")
+                }
+                var view = StoredTensor(view: try weights.view(info))
+                view = StoredTensor(name: PEFTKeys.prefix + module + "." + LoRA.magnitude.rawValue, dtype: view.dtype,
+                                    shape: view.shape, bytes: try view.withBytes { Array($0) })
+                tensors.append(view)
+                continue
+            }
             let isA = info.name.hasSuffix(".lora_a"), isB = info.name.hasSuffix(".lora_b")
             guard isA || isB, info.shape.count == 2 else {
                 throw PEFTKitError(.inconsistentAdapter, file: weightsPath, tensor: info.name,
@@ -70,6 +84,7 @@ public enum MLXFormat: AdapterFormat {
             tensors.append(try transposed(view, name: PEFTKeys.prefix + module + "." + role.rawValue))
             targets.insert(String(module.split(separator: ".").last ?? Substring(module)))
         }
+        let patterns = try unpad(&tensors, rank: Int(rank), scale: scale)
         // PEFT's scaling is alpha / r: alpha = scale · r gives back mlx-lm's scale.
         let config = JSONValue.object([
             ("base_model_name_or_path", .null),
@@ -77,9 +92,54 @@ public enum MLXFormat: AdapterFormat {
             ("peft_type", .string("LORA")),
             ("r", .integer(rank)),
             ("target_modules", .array(targets.sorted().map { .string($0) })),
-        ])
+        ] + (dora ? [("use_dora", .bool(true))] : [])
+          + (patterns.isEmpty ? [] : [
+            ("rank_pattern", .object(patterns.map { ($0.module, .integer(Int64($0.rank))) })),
+            ("alpha_pattern", .object(patterns.map { ($0.module, .finite(scale * Double($0.rank))) })),
+          ]))
         return try PEFTKeys.adapter(config: try PEFTConfig.parse(config, source: configPath), tensors: tensors,
                                     source: weightsPath, format: sourceFormat)
+    }
+
+    /// Drops the zero padding of every module whose trailing ranks are zero in both lora_a and lora_b (as peftkit
+    /// writes a module of smaller rank): the module gets its own rank back, through `rank_pattern` and an
+    /// `alpha_pattern` entry that keeps its scaling (alpha = scale · k, only where (scale · k) / k is scale exactly),
+    /// under its full path. The products are the same; what changes is that PEFT then multiplies no zero terms, so
+    /// that an adapter converted to mlx-lm and back computes in PEFT exactly what the original did.
+    /// `tensors` are in PEFT's layout (A: r × in, B: out × r).
+    static func unpad(_ tensors: inout [StoredTensor], rank: Int, scale: Double) throws -> [(module: String, rank: Int)] {
+        var index: [String: Int] = [:]
+        for (i, t) in tensors.enumerated() { index[t.name] = i }
+        var patterns: [(module: String, rank: Int)] = []
+        for (i, a) in tensors.enumerated() {
+            let suffixes = [(LoRA.a.rawValue, LoRA.b.rawValue), (LoRA.embeddingA.rawValue, LoRA.embeddingB.rawValue)]
+            guard let (aSuffix, bSuffix) = suffixes.first(where: { a.name.hasSuffix("." + $0.0) }) else { continue }
+            let stem = String(a.name.dropLast(aSuffix.count + 1))
+            guard let j = index[stem + "." + bSuffix] else { continue }
+            let b = tensors[j]
+            guard a.shape.count == 2, b.shape.count == 2, a.shape[0] == rank, b.shape[1] == rank,
+                  a.dtype == b.dtype, a.dtype.bitWidth % 8 == 0 else { continue }  // PEFTKeys reports mismatches
+            let inputs = a.shape[1], outputs = b.shape[0]
+            let av = try a.floats(), bv = try b.floats()
+            var k = rank
+            while k > 1, av[(k - 1) * inputs ..< k * inputs].allSatisfy({ $0 == 0 }),
+                  (0..<outputs).allSatisfy({ bv[$0 * rank + k - 1] == 0 }) {
+                k -= 1
+            }
+            guard k < rank, (scale * Double(k)) / Double(k) == scale else { continue }
+            let size = a.dtype.bitWidth / 8
+            let aBytes = try a.withBytes { Array($0[0 ..< k * inputs * size]) }
+            let bBytes = try b.withBytes { raw -> [UInt8] in
+                var out: [UInt8] = []
+                out.reserveCapacity(outputs * k * size)
+                for r in 0..<outputs { out += raw[(r * rank * size) ..< ((r * rank + k) * size)] }
+                return out
+            }
+            tensors[i] = StoredTensor(name: a.name, dtype: a.dtype, shape: [k, inputs], bytes: aBytes)
+            tensors[j] = StoredTensor(name: b.name, dtype: b.dtype, shape: [outputs, k], bytes: bBytes)
+            patterns.append((String(stem.dropFirst(PEFTKeys.prefix.count)), k))
+        }
+        return patterns.sorted { $0.module < $1.module }
     }
 
     // MARK: Writing
@@ -88,7 +148,7 @@ public enum MLXFormat: AdapterFormat {
         let plan = try layout(adapter, path: path)
         let folder = try OutputFolder(finalPath: path, force: options.force)
         let config = JSONValue.object([
-            ("fine_tune_type", .string("lora")),
+            ("fine_tune_type", .string(plan.dora ? "dora" : "lora")),
             ("num_layers", .integer(-1)),
             ("lora_parameters", .object([
                 ("rank", .integer(Int64(plan.rank))),
@@ -114,7 +174,8 @@ public enum MLXFormat: AdapterFormat {
 
     /// The one rank and scale of the written adapter, and its tensors under mlx-lm's names, padded and folded.
     /// - Throws: `.unsupported` for what mlx-lm cannot express exactly.
-    private static func layout(_ adapter: Adapter, path: String) throws -> (rank: Int, scale: Double, tensors: [StoredTensor]) {
+    private static func layout(_ adapter: Adapter, path: String) throws
+        -> (rank: Int, scale: Double, dora: Bool, tensors: [StoredTensor]) {
         guard let lora = adapter.method as? LoRA else {
             throw PEFTKitError(.unsupported, file: adapter.source,
                                "mlx-lm adapters are LoRA; this is \(adapter.config.peftType), which mlx-lm cannot express")
@@ -126,6 +187,9 @@ public enum MLXFormat: AdapterFormat {
         if let rewrite = lora.baseRewrite {
             refusals.append("init_lora_weights \"\(rewrite.rawValue)\" (the adapter belongs to a residual of the base that "
                             + "mlx-lm does not recompute)")
+        }
+        if lora.useDoRA, adapter.modules.contains(where: { $0.kind == .embedding }) {
+            refusals.append("DoRA on an embedding (mlx-lm's DoRAEmbedding normalises differently from PEFT's)")
         }
         if !adapter.carried.isEmpty {
             refusals.append("whole tensors carried by the adapter (\(adapter.carried.map(\.baseName).joined(separator: ", ")))")
@@ -154,6 +218,16 @@ public enum MLXFormat: AdapterFormat {
                 continue
             }
             tensors.append(folded)
+            if lora.useDoRA {
+                // mlx-lm's DoRALinear: m / ‖W + scale·lora_bᵀ·lora_aᵀ‖_row ⊙ (W·x + scale·(x·lora_a)·lora_b), PEFT's
+                // DoRA; the magnitude is stored as it is (folding keeps scale·lora_b, so the norms are the same).
+                guard let m = module.tensors[LoRA.magnitude] else {
+                    inexact.append("\(module.path) (DoRA without lora_magnitude_vector)")
+                    continue
+                }
+                tensors.append(StoredTensor(name: module.path + ".m", dtype: m.dtype, shape: m.shape,
+                                            bytes: try m.withBytes { Array($0) }))
+            }
         }
         guard inexact.isEmpty else {
             throw PEFTKitError(.unsupported, file: adapter.source,
@@ -161,7 +235,7 @@ public enum MLXFormat: AdapterFormat {
                                + "factor that is not a power of two, and folding it into lora_b would round. Convert to peft "
                                + "or peftkit instead", details: inexact)
         }
-        return (rank, scale, tensors)
+        return (rank, scale, lora.useDoRA, tensors)
     }
 
     /// The transpose of a matrix, in memory, under `name`.
