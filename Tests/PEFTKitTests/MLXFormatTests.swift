@@ -129,3 +129,40 @@ private func values(_ path: String, _ name: String) throws -> (shape: [Int], val
     try PEFTFolderFormat.write(back, to: folder + "/peft", options: AdapterWriteOptions())
     try expectSameTensors(folder + "/peft/adapter_model.safetensors", original + "/adapter_model.safetensors")
 }
+
+/// Offline against the real client: fixtures/mlx/results.json records, per architecture, the adapter parameters
+/// (names, shapes) mlx-lm 0.32.2 had after `load_adapters` of peftkit's folder for the plain LoRA of
+/// fixtures/check_mlx_archs.py; fixtures/gguf/ARCH-plain/adapter is that LoraConfig (other random values). peftkit's
+/// folder for it must hold exactly those tensors, and the embed / head checks must read the fixture bases right.
+@Test func mlxFoldersHoldWhatMLXLMLoadedForEveryArchitecture() throws {
+    let results = try AdapterLoader.readJSON(repositoryRoot + "/fixtures/mlx/results.json")
+    let architectures = try #require(results["architectures"]?.objectValue)
+    #expect(architectures.count == 7)
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    for (arch, record) in architectures {
+        let expected = try #require(record["plain_mlx_lm_parameters"]?.objectValue, "\(arch)")
+        let adapter = try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/\(arch)-plain/adapter")
+        try MLXFormat.write(adapter, to: folder + "/" + arch, options: AdapterWriteOptions())
+        let file = try SafeTensorsFile(path: folder + "/\(arch)/adapters.safetensors")
+        let written = Dictionary(uniqueKeysWithValues: file.tensors.map { ($0.name, $0.shape) })
+        let loaded = Dictionary(uniqueKeysWithValues: expected.map { ($0.key, $0.value.arrayValue?.compactMap(\.integerValue).map(Int.init) ?? []) })
+        #expect(written == loaded, "\(arch)")
+    }
+}
+
+@Test func mlxEmbeddingAndHeadLoRAsNeedABaseWithItsOwnHead() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    // A tied base (qwen2 fixture: tie_word_embeddings true, no lm_head.weight) and an untied one (llama).
+    let tied = repositoryRoot + "/fixtures/gguf/bases/qwen2", untied = repositoryRoot + "/fixtures/gguf/bases/llama"
+    let embedHead = try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/llama-embed-head/adapter")
+    #expect(embedHead.modules.contains { $0.kind == .embedding })
+    let noBase = peftkitError { try MLXFormat.checkHead(embedHead, base: nil) }
+    #expect(noBase?.kind == .unsupported && noBase?.message.contains("give --base") == true)
+    try MLXFormat.checkHead(embedHead, base: untied)
+    let onTied = peftkitError { try MLXFormat.checkHead(embedHead, base: tied) }
+    #expect(onTied?.kind == .unsupported && onTied?.message.contains("tied embeddings") == true)
+    // A LoRA on Linear layers only needs no base.
+    try MLXFormat.checkHead(try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/llama-plain/adapter"), base: nil)
+}

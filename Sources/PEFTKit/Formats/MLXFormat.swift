@@ -21,6 +21,8 @@ public enum MLXFormat: AdapterFormat {
     public static let weightsFileName = "adapters.safetensors"
 
     static let sourceFormat = SourceFormat(id: id, description: "mlx-lm adapter folder")
+    /// A LoRA on the input embedding or the output head is right in mlx-lm only on a base whose head is its own.
+    public static var usesBase: Bool { true }
 
     /// The folder `path` is or lies in, when it holds mlx-lm's two files and the config is mlx-lm's (it has
     /// `lora_parameters` or `fine_tune_type`, which PEFT's never has).
@@ -146,6 +148,7 @@ public enum MLXFormat: AdapterFormat {
 
     public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
         let plan = try layout(adapter, path: path)
+        try checkHead(adapter, base: options.base)
         let folder = try OutputFolder(finalPath: path, force: options.force)
         let config = JSONValue.object([
             ("fine_tune_type", .string(plan.dora ? "dora" : "lora")),
@@ -170,6 +173,32 @@ public enum MLXFormat: AdapterFormat {
             throw error
         }
         try folder.publish()
+    }
+
+    /// mlx-lm's Llama, Qwen2/3, Phi-3 and Gemma ports compute a tied output head as `embed_tokens.as_linear`, which for
+    /// a LoRAEmbedding adds the LoRA's product to the head as well (PEFT's tied head is the base weight alone), and
+    /// have no lm_head module to adapt. A LoRA on either is written only when the base (`--base`) is known to have
+    /// its own head: config.json's `tie_word_embeddings` false and an `lm_head.weight` in its tensors.
+    /// - Throws: `.unsupported` naming the reason.
+    static func checkHead(_ adapter: Adapter, base: String?) throws {
+        let embedding = adapter.modules.first { $0.kind == .embedding }?.path
+        let head = adapter.modules.first { $0.path == "lm_head" || $0.path.hasSuffix(".lm_head") }?.path
+        guard let module = embedding ?? head else { return }
+        let why = embedding != nil
+            ? "mlx-lm applies an embed_tokens LoRA to a tied output head too (embed_tokens.as_linear), PEFT does not"
+            : "mlx-lm's model of a base with tied embeddings has no lm_head module to adapt"
+        guard let base else {
+            throw PEFTKitError(.unsupported, file: adapter.source, "a LoRA on \(module) is exact in mlx-lm only on a base "
+                               + "whose embeddings are not tied (\(why)); give --base, the base model folder, to check")
+        }
+        let configPath = (base as NSString).appendingPathComponent("config.json")
+        let json = try AdapterLoader.readJSON(configPath)
+        let checkpoint = try Checkpoint(path: base)
+        let tied = json["tie_word_embeddings"]?.boolValue != false || checkpoint.location(of: "lm_head.weight") == nil
+        if tied {
+            throw PEFTKitError(.unsupported, file: adapter.source, "an mlx-lm adapter cannot express a LoRA on \(module) "
+                               + "of a base with tied embeddings (\(base)): \(why)")
+        }
     }
 
     /// The one rank and scale of the written adapter, and its tensors under mlx-lm's names, padded and folded.
