@@ -26,6 +26,11 @@ struct ConvertCommand: AsyncParsableCommand {
               peftkit convert ./old-lora-with-bin --to peft --output ./my-lora
               peftkit convert my-lora.safetensors --to peft --output ./my-lora
               peftkit convert ./my-lora --to mlx -o ./my-lora-mlx      (mlx-lm: load_adapters)
+
+            mlx-lm has one rank and one scale per adapter: smaller ranks are zero-padded and scales that differ by \
+            a power of two folded into lora_b (exact); other scales are refused. A LoRA on embed_tokens or lm_head \
+            needs --base with --to mlx (mlx-lm applies an embed_tokens LoRA to a tied output head too, and a tied \
+            base has no lm_head): refused on a base with tied embeddings (exit status 4).
               peftkit convert ./old-bone --to peft --as miss -o ./as-miss   (for PEFT 0.19+)
 
             llama.cpp (GGUF) adapters need --base, the Hugging Face base folder, both ways: its config.json \
@@ -52,7 +57,8 @@ struct ConvertCommand: AsyncParsableCommand {
     @OptionGroup var output: OutputOptions
 
     @Option(help: ArgumentHelp("The base model the adapter was trained on: fingerprinted with --to peftkit; needed "
-                               + "to write or read a GGUF adapter (architecture, head counts, shapes).",
+                               + "to write or read a GGUF adapter (architecture, head counts, shapes), and to write "
+                               + "an mlx-lm adapter with an embed_tokens or lm_head LoRA (tied embeddings?).",
                                valueName: "base"))
     var base: String?
 
@@ -81,9 +87,9 @@ struct ConvertCommand: AsyncParsableCommand {
             throw ValidationError("a GGUF adapter names llama.cpp's tensors, not the model's modules: "
                 + "\(readsGGUF ? "reading" : "writing") one needs --base, the Hugging Face base folder.")
         }
-        if base != nil && !to.format.recordsBaseFingerprint && !to.format.needsBase && !readsGGUF {
+        if base != nil && !to.format.recordsBaseFingerprint && !to.format.usesBase && !readsGGUF {
             throw ValidationError("--base is used only with --to "
-                + "\(FormatRegistry.writable.filter { $0.format.recordsBaseFingerprint }.map(\.name).joined(separator: " or ")) "
+                + "\(FormatRegistry.writable.filter { $0.format.recordsBaseFingerprint || $0.format.usesBase }.map(\.name).joined(separator: " or ")) "
                 + "(a \(to.name) adapter has no place for a fingerprint).")
         }
         try PathArguments.validateDistinct(output: output.output, inputs: [adapter] + (base.map { [$0] } ?? []))

@@ -927,7 +927,8 @@ def mlx_cases():
              config={"fine_tune_type": "lora", "lora_parameters": {**params, "rank": 0, "scale": 1.0}})
     mlx_case("mlx-full-fine-tune", "fine_tune_type full: whole weights, not an adapter", 4, "fine_tune_type 'full'",
              config={"fine_tune_type": "full", "lora_parameters": {**params, "scale": 1.0}})
-    mlx_case("mlx-dora", "fine_tune_type dora: mlx-lm DoRA magnitudes", 4, "fine_tune_type 'dora'",
+    mlx_case("mlx-dora", "fine_tune_type dora without the magnitudes (<module>.m): inconsistent, named", 2,
+             "missing tensor 'lora_magnitude_vector'",
              config={"fine_tune_type": "dora", "lora_parameters": {**params, "scale": 1.0}})
     mlx_case("mlx-foreign-tensor", "a tensor that is neither lora_a nor lora_b", 2, "not an mlx-lm LoRA tensor",
              tensors=[(MODULE + ".weight", "F32", [OUT, IN], f32(ramp(OUT * IN)))])

@@ -50,6 +50,11 @@ private func values(_ path: String, _ name: String) throws -> (shape: [Int], val
     // Read back, the adapter computes the same s · B · A for every module: merging either gives the same bytes.
     let back = try AdapterLoader.load(folder + "/mlx")
     #expect(back.format.id == MLXFormat.id)
+    // The zero padding is dropped on reading: q_proj has rank 1 again (rank_pattern, alpha_pattern keep its scaling).
+    let modules = Dictionary(uniqueKeysWithValues: back.modules.map { ($0.path, $0) })
+    #expect(modules[q]?.rank == 1 && modules[q]?.scaling == 2)
+    #expect(modules[k]?.rank == 2 && modules[k]?.scaling == 2)
+    #expect(modules[q]?.tensors[LoRA.a]?.shape == [1, 3])
     try writeSafetensors(folder + "/base.safetensors", [
         (q + ".weight", .f32, [2, 3], float32Bytes([1, 1, 1, 1, 1, 1])),
         (k + ".weight", .f32, [2, 3], float32Bytes([0, 0, 0, 0, 0, 0])),
@@ -90,10 +95,74 @@ private func values(_ path: String, _ name: String) throws -> (shape: [Int], val
         #expect(error?.message.contains(fragment) == true, "\(name): \(error?.message ?? "no error")")
         #expect(!FileManager.default.fileExists(atPath: folder + "/" + name))
     }
-    // mlx-lm's DoRA is not a method peftkit has yet.
-    try FileManager.default.createDirectory(atPath: folder + "/dora", withIntermediateDirectories: true)
-    try Data(#"{"fine_tune_type": "dora", "lora_parameters": {"rank": 2, "scale": 1}}"#.utf8)
-        .write(to: URL(fileURLWithPath: folder + "/dora/adapter_config.json"))
-    try writeSafetensors(folder + "/dora/adapters.safetensors", [("model.x.lora_a", .f32, [1, 2], float32Bytes([1, 2]))])
-    #expect(peftkitError { _ = try AdapterLoader.load(folder + "/dora") }?.message.contains("fine_tune_type 'dora'") == true)
+    // mlx-lm's full fine-tuning is no adapter peftkit reads.
+    try FileManager.default.createDirectory(atPath: folder + "/full", withIntermediateDirectories: true)
+    try Data(#"{"fine_tune_type": "full", "lora_parameters": {"rank": 2, "scale": 1}}"#.utf8)
+        .write(to: URL(fileURLWithPath: folder + "/full/adapter_config.json"))
+    try writeSafetensors(folder + "/full/adapters.safetensors", [("model.x.lora_a", .f32, [1, 2], float32Bytes([1, 2]))])
+    #expect(peftkitError { _ = try AdapterLoader.load(folder + "/full") }?.message.contains("fine_tune_type 'full'") == true)
+    // A DoRA magnitude on an embedding: mlx-lm's DoRAEmbedding is not PEFT's.
+    try FileManager.default.createDirectory(atPath: folder + "/dora-embed", withIntermediateDirectories: true)
+    try Data(#"{"fine_tune_type": "dora", "lora_parameters": {"rank": 1, "scale": 1}}"#.utf8)
+        .write(to: URL(fileURLWithPath: folder + "/dora-embed/adapter_config.json"))
+    try writeSafetensors(folder + "/dora-embed/adapters.safetensors", [
+        ("model.embed_tokens.lora_a", .f32, [2, 1], float32Bytes([1, 2])),
+        ("model.embed_tokens.lora_b", .f32, [1, 2], float32Bytes([1, 2])),
+        ("model.embed_tokens.m", .f32, [2], float32Bytes([1, 2])),
+    ])
+    #expect(peftkitError { _ = try AdapterLoader.load(folder + "/dora-embed") }?.message.contains("DoRA embedding") == true)
+}
+
+/// DoRA: fine_tune_type "dora", PEFT's lora_magnitude_vector as mlx-lm's `<module>.m`; back to PEFT byte for byte.
+@Test func mlxDoRARoundTripKeepsEveryTensorByte() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let original = fixtureCases + "/dora-llama-bf16/adapter"
+    try MLXFormat.write(try AdapterLoader.load(original), to: folder + "/mlx", options: AdapterWriteOptions())
+    let config = try AdapterLoader.readJSON(folder + "/mlx/adapter_config.json")
+    #expect(config["fine_tune_type"] == .string("dora"))
+    let file = try SafeTensorsFile(path: folder + "/mlx/adapters.safetensors")
+    let magnitudes = file.tensors.filter { $0.name.hasSuffix(".m") }
+    #expect(!magnitudes.isEmpty && magnitudes.count * 3 == file.tensors.count)
+    let back = try AdapterLoader.load(folder + "/mlx")
+    #expect((back.method as? LoRA)?.useDoRA == true)
+    try PEFTFolderFormat.write(back, to: folder + "/peft", options: AdapterWriteOptions())
+    try expectSameTensors(folder + "/peft/adapter_model.safetensors", original + "/adapter_model.safetensors")
+}
+
+/// Offline against the real client: fixtures/mlx/results.json records, per architecture, the adapter parameters
+/// (names, shapes) mlx-lm 0.32.2 had after `load_adapters` of peftkit's folder for the plain LoRA of
+/// fixtures/check_mlx_archs.py; fixtures/gguf/ARCH-plain/adapter is that LoraConfig (other random values). peftkit's
+/// folder for it must hold exactly those tensors, and the embed / head checks must read the fixture bases right.
+@Test func mlxFoldersHoldWhatMLXLMLoadedForEveryArchitecture() throws {
+    let results = try AdapterLoader.readJSON(repositoryRoot + "/fixtures/mlx/results.json")
+    let architectures = try #require(results["architectures"]?.objectValue)
+    #expect(architectures.count == 7)
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    for (arch, record) in architectures {
+        let expected = try #require(record["plain_mlx_lm_parameters"]?.objectValue, "\(arch)")
+        let adapter = try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/\(arch)-plain/adapter")
+        try MLXFormat.write(adapter, to: folder + "/" + arch, options: AdapterWriteOptions())
+        let file = try SafeTensorsFile(path: folder + "/\(arch)/adapters.safetensors")
+        let written = Dictionary(uniqueKeysWithValues: file.tensors.map { ($0.name, $0.shape) })
+        let loaded = Dictionary(uniqueKeysWithValues: expected.map { ($0.key, $0.value.arrayValue?.compactMap(\.integerValue).map(Int.init) ?? []) })
+        #expect(written == loaded, "\(arch)")
+    }
+}
+
+@Test func mlxEmbeddingAndHeadLoRAsNeedABaseWithItsOwnHead() throws {
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    // A tied base (qwen2 fixture: tie_word_embeddings true, no lm_head.weight) and an untied one (llama).
+    let tied = repositoryRoot + "/fixtures/gguf/bases/qwen2", untied = repositoryRoot + "/fixtures/gguf/bases/llama"
+    let embedHead = try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/llama-embed-head/adapter")
+    #expect(embedHead.modules.contains { $0.kind == .embedding })
+    let noBase = peftkitError { try MLXFormat.checkHead(embedHead, base: nil) }
+    #expect(noBase?.kind == .unsupported && noBase?.message.contains("give --base") == true)
+    try MLXFormat.checkHead(embedHead, base: untied)
+    let onTied = peftkitError { try MLXFormat.checkHead(embedHead, base: tied) }
+    #expect(onTied?.kind == .unsupported && onTied?.message.contains("tied embeddings") == true)
+    // A LoRA on Linear layers only needs no base.
+    try MLXFormat.checkHead(try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/llama-plain/adapter"), base: nil)
 }

@@ -14,6 +14,9 @@ public protocol AdapterFormat: Sendable {
     /// Whether reading and writing need the base model (`--base`): a format that names the base's tensors in its own
     /// scheme (GGUF) needs the base's config and shapes to name modules.
     static var needsBase: Bool { get }
+    /// Whether writing uses the base model when it is given (`--base`), to check what only the base can tell (mlx-lm:
+    /// whether its embeddings are tied); true where `needsBase` is.
+    static var usesBase: Bool { get }
 
     /// Whether `path` is in this format, judged from the file system and as few bytes as possible.
     /// - Throws: the reader's error when `path` can only be this format but is broken.
@@ -31,6 +34,7 @@ public protocol AdapterFormat: Sendable {
 extension AdapterFormat {
     public static var recordsBaseFingerprint: Bool { false }
     public static var needsBase: Bool { false }
+    public static var usesBase: Bool { needsBase }
     public static func read(_ path: String, base: String?) throws -> Adapter { try read(path) }
 
     public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
