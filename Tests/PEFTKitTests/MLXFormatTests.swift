@@ -166,3 +166,40 @@ private func values(_ path: String, _ name: String) throws -> (shape: [Int], val
     // A LoRA on Linear layers only needs no base.
     try MLXFormat.checkHead(try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/llama-plain/adapter"), base: nil)
 }
+
+/// PEFT saves `base_layer` copies of a targeted embedding and head. mlx-lm needs none: with --base showing them to be
+/// the base's own values they are left out; without a base, or when a copy differs (new tokens), it is refused.
+@Test func mlxLeavesOutSavedLayerCopiesOnlyWhenTheyAreTheBases() throws {
+    let base = repositoryRoot + "/fixtures/gguf/bases/llama"
+    let checkpoint = try Checkpoint(path: base)
+    let original = try AdapterLoader.load(repositoryRoot + "/fixtures/gguf/llama-embed-head/adapter")
+    #expect(original.carried.isEmpty)
+    func withCopies(changingOneValue: Bool) throws -> Adapter {
+        let copies = try ["model.embed_tokens.weight", "lm_head.weight"].map { name -> CarriedTensor in
+            let info = try #require(checkpoint.location(of: name)).info
+            var bytes = Array(try checkpoint.location(of: name)!.file.view(info).bytes)
+            if changingOneValue && name == "model.embed_tokens.weight" { bytes[bytes.count - 2] ^= 0x40 }
+            let stem = name.replacingOccurrences(of: ".weight", with: "")
+            return CarriedTensor(baseName: name, reason: .baseLayer,
+                                 tensor: StoredTensor(name: "base_model.model.\(stem).base_layer.weight", dtype: info.dtype,
+                                                      shape: info.shape, bytes: bytes))
+        }
+        return Adapter(source: original.source, format: original.format, config: original.config, modules: original.modules,
+                       carried: copies, shared: original.shared, base: original.base)
+    }
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    try MLXFormat.write(try withCopies(changingOneValue: false), to: folder + "/same", options: AdapterWriteOptions(base: base))
+    let written = try SafeTensorsFile(path: folder + "/same/adapters.safetensors")
+    #expect(written.tensors.count == 2 * original.modules.count)
+    #expect(!written.tensors.contains { $0.name.contains("base_layer") })
+    let noBase = peftkitError { try MLXFormat.write(try withCopies(changingOneValue: false), to: folder + "/nobase",
+                                                    options: AdapterWriteOptions()) }
+    #expect(noBase?.kind == .unsupported && noBase?.message.contains("--base") == true, "\(String(describing: noBase))")
+    let differs = peftkitError { try MLXFormat.write(try withCopies(changingOneValue: true), to: folder + "/differs",
+                                                     options: AdapterWriteOptions(base: base)) }
+    #expect(differs?.kind == .unsupported && differs?.message.contains("model.embed_tokens.weight") == true
+            && differs?.message.contains("differs") == true, "\(String(describing: differs))")
+    #expect(differs?.message.contains("lm_head.weight") == false)
+    #expect(!FileManager.default.fileExists(atPath: folder + "/differs"))
+}

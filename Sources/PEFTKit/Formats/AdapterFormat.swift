@@ -1,4 +1,5 @@
 import Foundation
+import SafeTensors
 
 /// A container for adapters: how to recognise it, read it into the format-neutral `Adapter`, and (where it can)
 /// write one. Each format is one file; `FormatRegistry.all` lists them.
@@ -50,6 +51,23 @@ func adapterFolder(of path: String) -> String? {
     if isFolder.boolValue { return path }
     let parent = (path as NSString).deletingLastPathComponent
     return parent.isEmpty ? "." : parent
+}
+
+extension CarriedTensor {
+    /// Whether this is PEFT's saved copy of a targeted layer's weight (`base_layer`) holding exactly the values of
+    /// `baseName` in `checkpoint` (by default its own name): then a format without whole tensors may leave it out.
+    /// False for any other carried tensor, or when the base lacks the tensor or differs in shape or any value.
+    func isUnchangedCopy(in checkpoint: Checkpoint, of baseName: String? = nil) throws -> Bool {
+        guard reason == .baseLayer, let location = checkpoint.location(of: baseName ?? self.baseName),
+              location.info.shape == tensor.shape, location.info.dtype.isArithmetic else { return false }
+        let view = try location.file.view(location.info)
+        let baseValues = [Float](unsafeUninitializedCapacity: location.info.elementCount) { buffer, count in
+            Codec.decode(view.bytes, as: location.info.dtype, into: buffer)
+            count = location.info.elementCount
+        }
+        try location.file.checkUnchanged()
+        return try tensor.floats() == baseValues
+    }
 }
 
 /// How `AdapterFormat.write` writes.

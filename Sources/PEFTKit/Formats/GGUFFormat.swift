@@ -259,15 +259,7 @@ public enum GGUFFormat: AdapterFormat {
         // A tied head's saved copy is the embedding's.
         let name = carried.baseName == GGUFArchitecture.head.hf + ".weight" && base.tiedEmbeddings
             ? GGUFArchitecture.embedding.hf + ".weight" : carried.baseName
-        guard let location = base.checkpoint.location(of: name),
-              location.info.shape == carried.tensor.shape, location.info.dtype.isArithmetic else { return false }
-        let view = try location.file.view(location.info)
-        let baseValues = [Float](unsafeUninitializedCapacity: location.info.elementCount) { buffer, count in
-            Codec.decode(view.bytes, as: location.info.dtype, into: buffer)
-            count = location.info.elementCount
-        }
-        try location.file.checkUnchanged()
-        return try carried.tensor.floats() == baseValues
+        return try carried.isUnchangedCopy(in: base.checkpoint, of: name)
     }
 
     /// A row-major matrix transposed.

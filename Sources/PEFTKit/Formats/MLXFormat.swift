@@ -147,7 +147,7 @@ public enum MLXFormat: AdapterFormat {
     // MARK: Writing
 
     public static func write(_ adapter: Adapter, to path: String, options: AdapterWriteOptions) throws {
-        let plan = try layout(adapter, path: path)
+        let plan = try layout(adapter, path: path, base: options.base)
         try checkHead(adapter, base: options.base)
         let folder = try OutputFolder(finalPath: path, force: options.force)
         let config = JSONValue.object([
@@ -203,7 +203,7 @@ public enum MLXFormat: AdapterFormat {
 
     /// The one rank and scale of the written adapter, and its tensors under mlx-lm's names, padded and folded.
     /// - Throws: `.unsupported` for what mlx-lm cannot express exactly.
-    private static func layout(_ adapter: Adapter, path: String) throws
+    private static func layout(_ adapter: Adapter, path: String, base: String?) throws
         -> (rank: Int, scale: Double, dora: Bool, tensors: [StoredTensor]) {
         guard let lora = adapter.method as? LoRA else {
             throw PEFTKitError(.unsupported, file: adapter.source,
@@ -220,8 +220,18 @@ public enum MLXFormat: AdapterFormat {
         if lora.useDoRA, adapter.modules.contains(where: { $0.kind == .embedding }) {
             refusals.append("DoRA on an embedding (mlx-lm's DoRAEmbedding normalises differently from PEFT's)")
         }
-        if !adapter.carried.isEmpty {
-            refusals.append("whole tensors carried by the adapter (\(adapter.carried.map(\.baseName).joined(separator: ", ")))")
+        // PEFT saves a copy of a targeted embedding (or head) weight; mlx-lm needs none, so a copy may be left out
+        // when it is the base's own, value for value.
+        let baseCheckpoint = try base.map { try Checkpoint(path: $0) }
+        let kept = try adapter.carried.filter { carried in
+            guard let baseCheckpoint else { return true }
+            return try !carried.isUnchangedCopy(in: baseCheckpoint)
+        }
+        if !kept.isEmpty {
+            let copies = kept.contains { $0.reason == .baseLayer }
+            refusals.append("whole tensors carried by the adapter (\(kept.map(\.baseName).joined(separator: ", ")))"
+                + (copies ? (base == nil ? "; PEFT's saved copies of a layer can be left out once --base shows they are the base's"
+                                          : "; a saved layer copy differs from the base's (new tokens?)") : ""))
         }
         guard refusals.isEmpty, !adapter.modules.isEmpty else {
             throw PEFTKitError(.unsupported, file: adapter.source, "an mlx-lm adapter cannot express "
