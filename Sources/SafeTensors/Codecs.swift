@@ -69,6 +69,14 @@ public enum Codec {
     /// Whether `encode` can write this element type.
     public static func canEncode(_ dtype: DType) -> Bool { dtype.isArithmetic }
 
+    /// The first `count` elements of `dtype` in `source` (which may be unaligned) as Float32.
+    public static func decode(_ source: UnsafeRawBufferPointer, as dtype: DType, count: Int) -> [Float] {
+        [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+            decode(source, as: dtype, into: buffer)
+            initialized = count
+        }
+    }
+
     /// Decodes `count` elements of `dtype` from `source` (which may be unaligned) into `destination`.
     /// Integers convert exactly up to 2²⁴, then round like `Float(_:)`.
     public static func decode(_ source: UnsafeRawBufferPointer, as dtype: DType,

@@ -64,11 +64,6 @@ public struct StoredTensor: Sendable {
     /// - Throws: `SafeTensorsError` when the mapped file changed size.
     public func floats() throws -> [Float] {
         defer { release(bytes: 0..<byteCount) }
-        return try withBytes { raw in
-            [Float](unsafeUninitializedCapacity: elementCount) { buffer, initialized in
-                Codec.decode(raw, as: dtype, into: buffer)
-                initialized = elementCount
-            }
-        }
+        return try withBytes { raw in Codec.decode(raw, as: dtype, count: elementCount) }
     }
 }

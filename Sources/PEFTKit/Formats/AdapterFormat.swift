@@ -61,10 +61,7 @@ extension CarriedTensor {
         guard reason == .baseLayer, let location = checkpoint.location(of: baseName ?? self.baseName),
               location.info.shape == tensor.shape, location.info.dtype.isArithmetic else { return false }
         let view = try location.file.view(location.info)
-        let baseValues = [Float](unsafeUninitializedCapacity: location.info.elementCount) { buffer, count in
-            Codec.decode(view.bytes, as: location.info.dtype, into: buffer)
-            count = location.info.elementCount
-        }
+        let baseValues = Codec.decode(view.bytes, as: location.info.dtype, count: location.info.elementCount)
         try location.file.checkUnchanged()
         return try tensor.floats() == baseValues
     }

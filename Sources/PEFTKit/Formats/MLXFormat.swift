@@ -308,10 +308,7 @@ public enum MLXFormat: AdapterFormat {
         var bytes = [UInt8](repeating: 0, count: out.count * tensor.dtype.bitWidth / 8)
         _ = bytes.withUnsafeMutableBytes { raw in out.withUnsafeBufferPointer { Codec.encode($0, as: tensor.dtype, into: raw) } }
         // Every value came from this dtype and was scaled by a power of two it can hold: encoding must round nothing.
-        let back = [Float](unsafeUninitializedCapacity: out.count) { buffer, count in
-            bytes.withUnsafeBytes { Codec.decode($0, as: tensor.dtype, into: buffer) }
-            count = out.count
-        }
+        let back = bytes.withUnsafeBytes { Codec.decode($0, as: tensor.dtype, count: out.count) }
         guard back == out else { return nil }
         return StoredTensor(name: tensor.name, dtype: tensor.dtype, shape: [newHeight, newWidth], bytes: bytes)
     }

@@ -49,11 +49,7 @@ struct LoRABuilder {
     }
 
     static func decode(_ bytes: [UInt8], _ dtype: DType) -> [Float] {
-        let count = bytes.count / (dtype.bitWidth / 8)
-        return [Float](unsafeUninitializedCapacity: count) { buffer, n in
-            bytes.withUnsafeBytes { Codec.decode($0, as: dtype, into: buffer) }
-            n = count
-        }
+        bytes.withUnsafeBytes { Codec.decode($0, as: dtype, count: bytes.count / (dtype.bitWidth / 8)) }
     }
 
     /// The factors a reader of the written module gets (rounded to the output dtype).

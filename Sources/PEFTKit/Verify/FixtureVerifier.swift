@@ -274,9 +274,6 @@ package enum FixtureVerifier {
     }
 
     private static func floatValues(_ view: TensorView) -> [Float] {
-        [Float](unsafeUninitializedCapacity: view.info.elementCount) { buffer, count in
-            Codec.decode(view.bytes, as: view.info.dtype, into: buffer)
-            count = view.info.elementCount
-        }
+        Codec.decode(view.bytes, as: view.info.dtype, count: view.info.elementCount)
     }
 }

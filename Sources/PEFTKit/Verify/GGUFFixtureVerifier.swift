@@ -80,10 +80,7 @@ enum GGUFFixtureVerifier {
         case .q8_0: return Q8_0.dequantize(bytes, count: info.elementCount)
         case .f32, .f16, .bf16:
             let dtype: DType = info.type == .f32 ? .f32 : info.type == .f16 ? .f16 : .bf16
-            return [Float](unsafeUninitializedCapacity: info.elementCount) { buffer, count in
-                bytes.withUnsafeBytes { Codec.decode($0, as: dtype, into: buffer) }
-                count = info.elementCount
-            }
+            return bytes.withUnsafeBytes { Codec.decode($0, as: dtype, count: info.elementCount) }
         default:
             throw PEFTKitError(.unsupported, tensor: info.name, "cannot decode \(info.type.name)")
         }
