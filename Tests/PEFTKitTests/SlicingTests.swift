@@ -90,7 +90,7 @@ private struct AddOne: WeightOperation {
     let tensor = OutputTensor(name: "w", source: base.tensors[0], shape: [rows, columns], outputDType: .f32, changes: changes)
     let request = MergeRequest(base: basePath, adapters: [], output: folder + "/out", sliceElements: 1)
     let plan = MergePlan(request: request, base: base, adapters: [], files: [("out.safetensors", [tensor])],
-                         writesIndex: false, configChanges: [], notes: [])
+                         writesIndex: false, configChanges: [], notes: [], keptRecord: UnmergeRecord())
     let outPath = folder + "/out.safetensors"
     let file = SharedOutputFile(try SafeTensorsWriter(path: outPath, tensors: [TensorSpec(name: "w", dtype: .f32, shape: [rows, columns])],
                                                       metadata: [("format", "pt")]))

@@ -28,6 +28,7 @@ public enum MergeEngine {
         let run = MergeRun(plan: plan, progress: progress)
         try writeFiles(plan, into: folder, run: run)
         if plan.writesIndex { try ModelFolderFiles.writeIndex(plan, into: folder) }
+        try run.record.write(to: folder.path(of: UnmergeRecord.fileName))
         var sideNotes: [String] = []
         try ModelFolderFiles.copySideFiles(plan, into: folder, notes: &sideNotes)
         try folder.publish()
@@ -101,9 +102,12 @@ final class MergeRun: @unchecked Sendable {
     var transformedTensors: [String] = []
     var driftBound = 0.0
     var worstCondition: Double?
+    /// The output's unmerge record: the base's for tensors left alone, and what the workers add.
+    var record: UnmergeRecord
 
     init(plan: MergePlan, progress: (@Sendable (MergeProgress) -> Void)?) {
         self.plan = plan
+        record = plan.keptRecord
         self.progress = progress
     }
 

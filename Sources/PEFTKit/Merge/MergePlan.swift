@@ -10,6 +10,16 @@ struct OutputTensor: Sendable {
         /// The module's scaling × the adapter's merge weight.
         let scale: Float
         let adapterIndex: Int
+        /// Unmerge: what the merge recorded for this change (UnmergeRecord).
+        var recorded: UnmergeRecord.Entry? = nil
+    }
+
+    /// How the output's unmerge record changes with this tensor.
+    enum RecordUpdate: Sendable {
+        /// Merge: every change is pushed onto the tensor's stack (this one), with the output's checksum.
+        case push(onto: [UnmergeRecord.Entry])
+        /// Unmerge: the input's bytes must have this checksum; the stack left is these entries (none: dropped).
+        case pop(expecting: UInt32, leaving: [UnmergeRecord.Entry])
     }
 
     let name: String
@@ -20,6 +30,7 @@ struct OutputTensor: Sendable {
     /// A whole tensor from an adapter that replaces the base's value (modules_to_save, an embedding's base_layer).
     var replacement: StoredTensor?
     var changes: [Change] = []
+    var recordUpdate: RecordUpdate?
 
     var outputBytes: Int { shape.reduce(1, *) * outputDType.bitWidth / 8 }
 
@@ -42,6 +53,8 @@ struct MergePlan: Sendable {
     /// Changes to config.json (key → new value) that keep it consistent with the output.
     let configChanges: [(key: String, value: JSONValue)]
     let notes: [String]
+    /// The base's unmerge record for tensors the run leaves as they are (the writer adds the ones it changes).
+    let keptRecord: UnmergeRecord
 
     var tensorCount: Int { files.reduce(0) { $0 + $1.tensors.count } }
     var outputBytes: Int { files.reduce(0) { $0 + $1.tensors.reduce(0) { $0 + $1.outputBytes } } }
@@ -52,7 +65,7 @@ struct MergePlan: Sendable {
         try check(request)
         let base = try Checkpoint(path: request.base)
         let adapters = try request.adapters.map { try AdapterLoader.load($0, base: request.base) }
-        var builder = Builder(request: request, base: base)
+        var builder = try Builder(request: request, base: base)
         for (index, adapter) in adapters.enumerated() {
             try builder.check(adapter)
             try builder.placeCarriedTensors(of: adapter, index: index)
@@ -62,7 +75,7 @@ struct MergePlan: Sendable {
         let files = layout(tensors, base: base, request: request)
         let writesIndex = base.isSharded ? files.count > 1 || request.maxShardSize == nil : files.count > 1
         return MergePlan(request: request, base: base, adapters: adapters, files: files, writesIndex: writesIndex,
-                         configChanges: configChanges, notes: notes)
+                         configChanges: configChanges, notes: notes, keptRecord: builder.keptRecord)
     }
 
     private static func check(_ request: MergeRequest) throws {
@@ -92,10 +105,17 @@ struct MergePlan: Sendable {
         var problems: [String] = []
         /// Unmerge: tensors restored from a carried copy of their pre-merge value, which no module then changes.
         var restoredExactly = Set<String>()
+        /// The unmerge record of a base merged by peftkit (empty for any other base).
+        let record: UnmergeRecord
+        /// Its stacks for tensors the run leaves alone, once `finish` has run.
+        var keptRecord = UnmergeRecord()
 
-        init(request: MergeRequest, base: Checkpoint) {
+        init(request: MergeRequest, base: Checkpoint) throws {
             self.request = request
             self.base = base
+            var isFolder: ObjCBool = false
+            record = FileManager.default.fileExists(atPath: base.path, isDirectory: &isFolder) && isFolder.boolValue
+                ? try UnmergeRecord.read(folder: base.path) : UnmergeRecord()
             baseConfig = try? AdapterLoader.readJSON((base.folder as NSString).appendingPathComponent("config.json"))
             tiedEmbeddings = baseConfig?["tie_word_embeddings"]?.boolValue ?? false
             order = base.tensors.map(\.info.name)
@@ -213,18 +233,79 @@ struct MergePlan: Sendable {
                                            "not supported: \(change.tensor) shares its weights with \(source) (tied), and "
                                            + "PEFT rewrites the shared weight for this adapter's init, changing both")
                     }
-                    if let alone = (tensor.changes.map(\.change) + [change]).compactMap(\.standsAlone).first,
-                       !tensor.changes.isEmpty {
-                        throw PEFTKitError(.unsupported, file: adapter.source, tensor: module.path,
-                                           "not supported yet: \(alone) combined with other adapter changes to "
-                                           + "\(change.tensor) (its norms are of the base weight alone)")
-                    }
+                    if !tensor.changes.isEmpty { try checkComposition(tensor.changes.map(\.change) + [change], adapter: adapter,
+                                                                       module: module.path) }
                     if !restoredExactly.contains(change.tensor) {
                         tensor.changes.append(OutputTensor.Change(change: change, scale: Float(module.scaling * weight),
                                                                   adapterIndex: index))
                     }
                     tensors[change.tensor] = tensor
                 }
+            }
+        }
+
+        /// Refuses changes to one tensor that do not compose exactly: PiSSA/OLoRA rewrite the base itself, and DoRA's
+        /// norms are of the base weight plus its own change, which PEFT's forward defines only among LoRA terms.
+        func checkComposition(_ changes: [ModuleChange], adapter: Adapter, module: String) throws {
+            let tensor = changes[0].tensor
+            for change in changes {
+                if case .alone(let name) = change.composition {
+                    throw PEFTKitError(.unsupported, file: adapter.source, tensor: module,
+                                       "not supported: \(name) combined with other adapter changes to \(tensor) (it "
+                                       + "rewrites the base weight itself)")
+                }
+            }
+            let allLoRATerms = changes.allSatisfy { if case .loraTerm = $0.composition { true } else { false } }
+            if changes.contains(where: \.isDoRA), !allLoRATerms {
+                throw PEFTKitError(.unsupported, file: adapter.source, tensor: module,
+                                   "not supported: DoRA combined with a change to \(tensor) that is not a LoRA product "
+                                   + "(PEFT's forward composes DoRA with LoRA adapters only)")
+            }
+            if request.direction == .unmerge, changes.contains(where: \.isDoRA) {
+                throw PEFTKitError(.unsupported, file: adapter.source, tensor: module,
+                                   "not supported: unmerging DoRA together with another change to \(tensor)")
+            }
+        }
+
+        /// Ties each changed tensor to the unmerge record: a merge pushes onto the tensor's stack (started by a DoRA
+        /// change), an unmerge pops the top, which must be this adapter's merge; replaced tensors lose their stack.
+        mutating func planRecord() throws {
+            for name in order {
+                var tensor = tensors[name]!
+                let stack = record.stacks[name]
+                if tensor.changes.isEmpty {
+                    if tensor.replacement == nil, let stack { keptRecord.stacks[name] = stack }
+                    continue
+                }
+                switch request.direction {
+                case .merge:
+                    if stack != nil || tensor.changes.contains(where: \.change.isDoRA) {
+                        tensor.recordUpdate = .push(onto: stack?.entries ?? [])
+                    }
+                case .unmerge:
+                    guard let stack else {
+                        if let dora = tensor.changes.first(where: \.change.isDoRA) {
+                            throw PEFTKitError(.unsupported, file: base.path, tensor: name,
+                                "not supported: unmerging DoRA here: a DoRA merge divides each output by ‖W + s·B·A‖, which "
+                                + "the merged weights do not keep. peftkit's merge records it in \(UnmergeRecord.fileName) "
+                                + "beside them; this model has no record of a merge into this tensor (merged by another "
+                                + "tool, or the record was removed)", details: ["adapter: \(request.adapters[dora.adapterIndex])"])
+                        }
+                        continue
+                    }
+                    // One adapter at a time (checked), so one change per tensor.
+                    let change = tensor.changes[0], top = stack.entries.last!
+                    guard (top.dora != nil) == change.change.isDoRA, top.scale == change.scale else {
+                        throw PEFTKitError(.baseMismatch, file: base.path, tensor: name,
+                            "the last merge recorded for this tensor was \(top.dora != nil ? "a DoRA" : "a non-DoRA") merge "
+                            + "with scale \(top.scale), not this adapter's \(change.change.isDoRA ? "DoRA" : "non-DoRA") "
+                            + "change with scale \(change.scale): unmerge adapters in the reverse order of merging, each "
+                            + "with the weight it was merged with")
+                    }
+                    tensor.changes[0].recorded = top
+                    tensor.recordUpdate = .pop(expecting: stack.checksum, leaving: Array(stack.entries.dropLast()))
+                }
+                tensors[name] = tensor
             }
         }
 
@@ -238,6 +319,7 @@ struct MergePlan: Sendable {
                 // Undo in reverse order of application.
                 for name in tensors.keys { tensors[name]!.changes.reverse() }
             }
+            try planRecord()
             if let embedding = inputEmbedding, configChanges.contains(where: { $0.key == "tie_word_embeddings" }),
                tensors[embedding.info.name]?.changes.contains(where: { $0.change.rewritesBase }) == true {
                 // The untied head started from the embedding as stored, but PEFT's change (replaced token rows) is to

@@ -25,7 +25,9 @@ enum ModelFolderFiles {
         let base = plan.base
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: base.path, isDirectory: &isFolder), isFolder.boolValue else { return }
-        let weightFiles = Set(base.files.map { ($0.path as NSString).lastPathComponent } + [base.indexFileName].compactMap { $0 })
+        // The unmerge record is the run's own (UnmergeRecord): never the base's copied.
+        let weightFiles = Set(base.files.map { ($0.path as NSString).lastPathComponent } + [base.indexFileName].compactMap { $0 }
+                              + [UnmergeRecord.fileName])
         let otherWeightSuffixes = [".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".safetensors", ".safetensors.index.json"]
         for name in try FileManager.default.contentsOfDirectory(atPath: base.folder).sorted() where !weightFiles.contains(name) {
             let path = (base.folder as NSString).appendingPathComponent(name)

@@ -17,9 +17,11 @@ final class PreparedTensor {
         self.tensor = tensor
         start = try tensor.replacement ?? StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
         let startDType = start.dtype
-        operations = try tensor.changes.map { planned in
+        operations = try tensor.changes.enumerated().map { index, planned in
             do {
-                return try planned.change.prepare(planned.scale, direction, startDType)
+                return try planned.change.prepare(ModuleChange.Context(
+                    scale: planned.scale, direction: direction, baseDType: startDType, followsOtherChanges: index > 0,
+                    recorded: planned.recorded))
             } catch var error as PEFTKitError where error.file == nil {
                 error.file = plan.adapters[planned.adapterIndex].source
                 throw error
@@ -88,7 +90,7 @@ final class PreparedTensor {
     }
 
     /// An operation that needs a first pass sees the whole tensor as it stands after the operations before it, each of
-    /// which is complete by then: one pass per such operation.
+    /// which is complete by then (or its starting value, if it asks for that): one pass per such operation.
     private func firstPasses() throws {
         var buffer = [Float]()
         for (index, operation) in operations.enumerated() where operation.needsFirstPass {
@@ -98,7 +100,7 @@ final class PreparedTensor {
                     let floats = UnsafeMutableBufferPointer(rebasing: all[0..<(rowRange.count * columns)])
                     try startValues(rowRange, into: floats)
                     let slice = WeightRows(values: floats.baseAddress!, rows: rowRange, columns: columns)
-                    for earlier in operations[..<index] { earlier.apply(to: slice) }
+                    if !operation.observesStartValue { for earlier in operations[..<index] { earlier.apply(to: slice) } }
                     operation.observe(slice)
                 }
             }

@@ -83,6 +83,14 @@ final class TensorWriter {
     // MARK: Changing
 
     private func transform(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
+        if case .pop(let expected, _) = tensor.recordUpdate {
+            let found = try CRC32.checksum(of: StoredTensor(view: try tensor.source!.file.view(tensor.source!.info)))
+            guard found == expected else {
+                throw PEFTKitError(.baseMismatch, file: request.base, tensor: tensor.name,
+                                   "the tensor has changed since peftkit last merged into it (CRC-32 \(CRC32.hex(found)), "
+                                   + "recorded \(CRC32.hex(expected))): what changed it must be undone first")
+            }
+        }
         let prepared = try PreparedTensor(tensor, plan: run.plan, direction: request.direction)
         if let worst = prepared.operations.compactMap(\.conditionNumber).max() {
             run.update { $0.worstCondition = max($0.worstCondition ?? 0, worst) }
@@ -92,6 +100,12 @@ final class TensorWriter {
         let summationError = isUnmerge ? prepared.operations.reduce(0) { $0 + $1.summationError } : 0
         let amplification = prepared.operations.reduce(1.0) { $0 * $1.roundingAmplification }
         var released = 0..<0
+        var checksum: UInt32 = 0
+        let checksumsOutput = switch tensor.recordUpdate {
+        case .push: true
+        case .pop(_, let leaving): !leaving.isEmpty
+        case nil: false
+        }
         for rowRange in prepared.slices {
             var inputMagnitude: Float = 0, outputMagnitude: Float = 0
             try encodeSlice(count: rowRange.count * columns, dtype: tensor.outputDType, into: file, tensor: tensor.name,
@@ -100,8 +114,9 @@ final class TensorWriter {
                 if isUnmerge { inputMagnitude = Self.largestMagnitude(floats) }
                 prepared.applyChanges(rowRange, to: floats)
                 if isUnmerge { outputMagnitude = Self.largestMagnitude(floats) }
-            } check: { floats, nonFinite in
+            } check: { floats, nonFinite, encoded in
                 try checkFinite(floats, nonFinite: nonFinite, tensor: tensor, firstRow: rowRange.lowerBound, columns: columns)
+                if checksumsOutput { checksum = CRC32.checksum(UnsafeRawBufferPointer(encoded), continuing: checksum) }
             }
             if isUnmerge {
                 // Rounding the merged values cost at most half an ulp each, which undoing can amplify; rounding the
@@ -114,6 +129,17 @@ final class TensorWriter {
             }
             prepared.release(&released, upTo: rowRange.upperBound, alongWith: nil)
         }
+        switch tensor.recordUpdate {
+        case .push(let earlier):
+            let entries = zip(tensor.changes, prepared.operations).map { planned, operation in
+                UnmergeRecord.Entry(scale: planned.scale, dora: operation.recordForUnmerge)
+            }
+            run.update { $0.record.stacks[tensor.name] = UnmergeRecord.Stack(entries: earlier + entries, checksum: checksum) }
+        case .pop(_, let leaving) where !leaving.isEmpty:
+            run.update { $0.record.stacks[tensor.name] = UnmergeRecord.Stack(entries: leaving, checksum: checksum) }
+        case .pop, nil:
+            break
+        }
     }
 
     // MARK: Encoding
@@ -125,15 +151,16 @@ final class TensorWriter {
     }
 
     /// Fills the Float32 buffer, encodes it, and writes the bytes into tensor `name` of `file` at byte `offset`.
-    /// `check` sees the values, and whether the encoder met any that are not finite in `dtype`, before anything is
-    /// written.
+    /// `check` sees the values, whether the encoder met any that are not finite in `dtype`, and the encoded bytes,
+    /// before anything is written.
     private func encodeSlice(count: Int, dtype: DType, into file: SharedOutputFile, tensor name: String, at offset: Int,
                              fill: (UnsafeMutableBufferPointer<Float>) throws -> Void,
-                             check: (UnsafeMutableBufferPointer<Float>, Bool) throws -> Void = { _, _ in }) throws {
+                             check: (UnsafeMutableBufferPointer<Float>, Bool, UnsafeMutableRawBufferPointer) throws -> Void
+                                 = { _, _, _ in }) throws {
         try withBuffer(count: count) { slice in
             try fill(slice)
             try slices.write(name, into: file, at: offset, byteCount: count * dtype.bitWidth / 8) { encoded in
-                try check(slice, Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: encoded))
+                try check(slice, Codec.encode(UnsafeBufferPointer(slice), as: dtype, into: encoded), encoded)
             }
         }
     }

@@ -134,16 +134,16 @@ public struct AdaLoRA: AdapterMethod {
         }
         guard rank > 0 else { return [] }  // every triplet pruned: no change
         let resized = kept[module.path] != nil
-        return [ModuleChange(tensor: module.weightName, rewritesBase: false) { scale, direction, baseDType in
+        return [ModuleChange(tensor: module.weightName, rewritesBase: false) { context in
             // PEFT 0.21 resizes a rank_pattern module with update_layer, which casts the new parameters to the base
             // layer's dtype before the saved values are loaded into them: on a 16-bit base those modules' A, E and B
             // are the saved values rounded to that dtype (then upcast again), and that is the model PEFT loads.
-            let round: ([Float]) -> [Float] = resized ? { Self.rounded($0, to: baseDType) } : { $0 }
+            let round: ([Float]) -> [Float] = resized ? { Self.rounded($0, to: context.baseDType) } : { $0 }
             var scaledA = round(try a.floats())
             let singular = round(try e.floats())
             for k in 0..<rank { for i in 0..<inFeatures { scaledA[k * inFeatures + i] *= singular[k] } }
             return LoRA.Product(a: scaledA, b: round(try b.floats()), rank: rank, layout: layout,
-                                scale: direction == .merge ? scale : -scale)
+                                scale: context.direction == .merge ? context.scale : -context.scale)
         }]
     }
 

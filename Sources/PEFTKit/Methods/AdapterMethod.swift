@@ -126,11 +126,22 @@ public enum MergeDirection: String, Sendable {
 /// One adapter module's change to one base tensor, checked against the base when the merge is planned. Its
 /// tensors are decoded only when the engine reaches that tensor.
 public struct ModuleChange: Sendable {
+    /// How a change combines with other changes to the same tensor.
+    public enum Composition: Sendable, Equatable {
+        /// Applies to whatever the tensor holds when its turn comes (a sum, a scaling, replaced rows).
+        case sequential
+        /// A term of PEFT's LoRA forward with several adapters active. `dora`: renormalised, y ← f ⊙ (y + s·Δ·x)
+        /// with f = m / ‖W + s·Δ‖ of the tensor's *starting* value W; such a term combines only with other LoRA terms,
+        /// the only combination PEFT's forward defines.
+        case loraTerm(dora: Bool)
+        /// Rewrites the tensor from the base's own value (PiSSA, OLoRA): nothing else may change the tensor. The
+        /// string names the change for the refusal.
+        case alone(String)
+    }
+
     /// The base tensor changed, e.g. `model.layers.0.self_attn.q_proj.weight`.
     public let tensor: String
-    /// The name of a change whose math assumes the tensor holds the base's own value (DoRA's norms are of W + ΔW):
-    /// it cannot be combined with other changes to the same tensor. Nil for changes that compose.
-    public let standsAlone: String?
+    public let composition: Composition
     /// How many Float32 reductions, each summed in its own library's order, every changed element depends on: 1 for a
     /// product's sums, 2 for DoRA (the product and the norm). An F32 result may differ from PEFT's by that many ulps
     /// at the tensor's scale (spec/tolerance.md §1).
@@ -138,30 +149,41 @@ public struct ModuleChange: Sendable {
     /// The change first rewrites the base tensor itself, as PEFT does when it loads the adapter (PiSSA, OLoRA): a
     /// tensor the base shares with another (a tied output head) would change in both places, which the plan refuses.
     public let rewritesBase: Bool
-    /// Decodes the module's tensors into the operation on that tensor. `scale` is the module's scaling times the
-    /// merge weight; `direction` says whether to apply the change or undo it; `baseDType` is the dtype the starting
-    /// value is stored in (for a change that must round an intermediate to it, as PEFT does).
-    let prepare: @Sendable (_ scale: Float, _ direction: MergeDirection, _ baseDType: DType) throws -> any WeightOperation
+    /// Decodes the module's tensors into the operation on that tensor.
+    let prepare: @Sendable (Context) throws -> any WeightOperation
 
-    public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1,
-                prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
-        self.tensor = tensor
-        self.standsAlone = standsAlone
-        self.float32Reductions = float32Reductions
-        self.rewritesBase = false
-        self.prepare = { scale, direction, _ in try prepare(scale, direction) }
+    /// What an operation is prepared for.
+    public struct Context: Sendable {
+        /// The module's scaling times the merge weight.
+        public let scale: Float
+        /// Apply the change, or undo it.
+        public let direction: MergeDirection
+        /// The dtype the tensor's starting value is stored in (for a change that must round an intermediate to it,
+        /// as PEFT does).
+        public let baseDType: DType
+        /// Whether other changes come before this one on the tensor.
+        public let followsOtherChanges: Bool
+        /// Unmerge: what the merge recorded for this change (DoRA's norms), from the merged folder's record.
+        let recorded: UnmergeRecord.Entry?
     }
 
-    /// A change that needs the dtype of the base tensor it starts from.
-    public init(tensor: String, standsAlone: String? = nil, float32Reductions: Int = 1, rewritesBase: Bool,
-                preparingOnBase prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection,
-                                                              _ baseDType: DType) throws -> any WeightOperation) {
+    public init(tensor: String, composition: Composition = .sequential, float32Reductions: Int = 1,
+                prepare: @escaping @Sendable (_ scale: Float, _ direction: MergeDirection) throws -> any WeightOperation) {
+        self.init(tensor: tensor, composition: composition, float32Reductions: float32Reductions, rewritesBase: false,
+                  preparing: { try prepare($0.scale, $0.direction) })
+    }
+
+    /// A change that needs more of its context: the base dtype, its place among the tensor's changes, a record.
+    public init(tensor: String, composition: Composition = .sequential, float32Reductions: Int = 1, rewritesBase: Bool,
+                preparing prepare: @escaping @Sendable (Context) throws -> any WeightOperation) {
         self.tensor = tensor
-        self.standsAlone = standsAlone
+        self.composition = composition
         self.float32Reductions = float32Reductions
         self.rewritesBase = rewritesBase
         self.prepare = prepare
     }
+
+    var isDoRA: Bool { composition == .loraTerm(dora: true) }
 }
 
 /// A module's change decoded and ready to apply to a tensor, slice by slice of rows (a vector is one row).
@@ -192,6 +214,12 @@ public protocol WeightOperation {
     /// Float32 implementations of it may differ by, from the factorisation's conditioning (known after the first
     /// pass); nil for every other change, whose allowance is its reductions.
     var factorisationULP: Double? { get }
+    /// Whether `observe` sees the tensor's starting value rather than the value after the operations before it
+    /// (DoRA's norms are of the base weight, whatever other adapters add, as in PEFT's forward).
+    var observesStartValue: Bool { get }
+    /// Merge: what an unmerge will need that the merged weights do not keep (DoRA's norms, with the magnitude that
+    /// says whose they are), once every slice has been applied; nil for a change the merged weights determine.
+    var recordForUnmerge: (norms: [Float], magnitude: [Float])? { get }
 }
 
 extension WeightOperation {
@@ -203,6 +231,8 @@ extension WeightOperation {
     public var roundingAmplification: Double { conditionNumber ?? 1 }
     public var summationError: Double { 0 }
     public var factorisationULP: Double? { nil }
+    public var observesStartValue: Bool { false }
+    public var recordForUnmerge: (norms: [Float], magnitude: [Float])? { nil }
 }
 
 /// A horizontal slice of a decoded weight matrix: rows `rows` of a matrix with `columns` columns, stored row-major

@@ -244,8 +244,7 @@ public struct LoRA: AdapterMethod {
             return "a \(baseRewrite.title) merge replaced the rank-\(module.rank) top of W's factorisation, which the merged "
                 + "weights no longer hold"
         }
-        return module.tensors[Self.magnitude] == nil ? nil
-            : "a DoRA merge divided each output by ‖W + s·B·A‖, which the merged weights no longer tell"
+        return nil
     }
 
     // MARK: Fitting the base
@@ -268,12 +267,15 @@ public struct LoRA: AdapterMethod {
             // Embeddings: PEFT's Embedding layer runs no PiSSA/OLoRA init, so they merge as plain LoRA.
             changes = [try rewrittenChange(baseRewrite, module: module, shape: (shape[0], shape[1]), layout: layout, a: a, b: b)]
         } else if let magnitude = module.tensors[Self.magnitude] {
-            changes = [ModuleChange(tensor: module.weightName, standsAlone: "DoRA", float32Reductions: 2) { scale, _ in
-                Renormalized(product: Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout, scale: scale),
-                             magnitude: try magnitude.floats())
+            let path = module.path
+            changes = [ModuleChange(tensor: module.weightName, composition: .loraTerm(dora: true), float32Reductions: 2,
+                                    rewritesBase: false) { context in
+                try Renormalized(product: Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout,
+                                                  scale: context.direction == .merge ? context.scale : -context.scale),
+                                 magnitude: try magnitude.floats(), context: context, module: path)
             }]
         } else {
-            changes = [ModuleChange(tensor: module.weightName) { scale, direction in
+            changes = [ModuleChange(tensor: module.weightName, composition: .loraTerm(dora: false)) { scale, direction in
                 Product(a: try a.floats(), b: try b.floats(), rank: rank, layout: layout,
                         scale: direction == .merge ? scale : -scale)
             }]

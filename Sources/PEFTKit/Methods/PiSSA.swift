@@ -42,9 +42,10 @@ extension LoRA {
                                + "\([shape.rows, shape.columns]): PEFT factorises the stored (in × out) weight, which only "
                                + "fits A and B when it is square")
         }
-        return ModuleChange(tensor: module.weightName, standsAlone: rewrite.title, float32Reductions: 2,
-                            rewritesBase: true) { scale, direction, baseDType in
-            guard direction == .merge else {
+        return ModuleChange(tensor: module.weightName, composition: .alone(rewrite.title), float32Reductions: 2,
+                            rewritesBase: true) { context in
+            let scale = context.scale, baseDType = context.baseDType
+            guard context.direction == .merge else {
                 throw PEFTKitError(.unsupported, tensor: path, "not supported: unmerging \(rewrite.title)")
             }
             guard [.f32, .bf16, .f16].contains(baseDType) else {

@@ -77,7 +77,7 @@ public struct TrainableTokens: AdapterMethod {
             return []
         }
         // PEFT replaces the rows of the weight itself, which a tied head shares (ModuleChange.rewritesBase).
-        return [ModuleChange(tensor: module.weightName, rewritesBase: true) { _, _, _ in
+        return [ModuleChange(tensor: module.weightName, rewritesBase: true) { _ in
             ReplaceRows(indices: indices, rows: try delta.floats())
         }]
     }
