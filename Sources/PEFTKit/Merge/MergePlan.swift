@@ -34,10 +34,11 @@ struct OutputTensor: Sendable {
 
     var outputBytes: Int { shape.reduce(1, *) * outputDType.bitWidth / 8 }
 
-    /// spec/tolerance.md §1: one ulp; for an F32/F64 result, one per Float32 reduction it depends on.
+    /// spec/tolerance.md §1: one ulp, or one per adapter change for a 16-bit result (a merge may round after each,
+    /// as PEFT does); for an F32/F64 result, one per Float32 reduction it depends on.
     var mergedMaxULP: Double {
-        guard Comparison.floorsAtTensorMaximum(outputDType) else { return 1 }
-        return Double(changes.map(\.change.float32Reductions).max() ?? 1)
+        guard Comparison.floorsAtTensorMaximum(outputDType) else { return Double(max(changes.count, 1)) }
+        return Double(max(changes.map(\.change.float32Reductions).reduce(0, +), 1))
     }
 }
 

@@ -73,6 +73,12 @@ package enum FixtureVerifier {
         let unmergeDriftFactor: Double
         /// False where the merged checkpoint cannot determine the base (DoRA): peftkit must refuse to unmerge.
         let unmergesFromCheckpoint: Bool
+        /// The adapters are merged in one run, in order (PEFT's references have them all active), rather than each
+        /// on its own.
+        let mergeTogether: Bool
+        /// peftkit's unmerge of its own merge (from the record it writes), adapters last first, is checked against
+        /// PEFT's in-memory merge-then-unmerge (`expected_unmerged.safetensors`).
+        let unmergeWithRecord: Bool
 
         init(folder: String) throws {
             let path = (folder as NSString).appendingPathComponent(manifestName)
@@ -96,6 +102,8 @@ package enum FixtureVerifier {
             layerBoundFactor = try field(tolerances?["layer_bound_factor"]?.doubleValue, "tolerances.layer_bound_factor")
             unmergeDriftFactor = try field(tolerances?["unmerge_drift_factor"]?.doubleValue, "tolerances.unmerge_drift_factor")
             unmergesFromCheckpoint = json["unmerge_from_checkpoint"]?.boolValue ?? true
+            mergeTogether = json["merge_together"]?.boolValue ?? false
+            unmergeWithRecord = json["unmerge_with_record"]?.boolValue ?? false
         }
     }
 
@@ -122,9 +130,11 @@ package enum FixtureVerifier {
 
         var checks: [VerificationCheck] = []
         var mergedPath = ""
-        for adapter in manifest.adapters {
-            let output = (scratch as NSString).appendingPathComponent("merged-\(adapter)")
-            _ = try MergeEngine.run(MergeRequest(base: file("base"), adapters: [file(adapter)], output: output))
+        let merges = manifest.mergeTogether ? [manifest.adapters] : manifest.adapters.map { [$0] }
+        for adapters in merges {
+            let adapter = adapters.joined(separator: " + ")
+            let output = (scratch as NSString).appendingPathComponent("merged-\(adapters.joined(separator: "-"))")
+            _ = try MergeEngine.run(MergeRequest(base: file("base"), adapters: adapters.map(file), output: output))
             if mergedPath.isEmpty { mergedPath = output }
             let merged = try Checkpoint(path: output)
             var worst: TensorComparison?
@@ -155,6 +165,17 @@ package enum FixtureVerifier {
         checks.append(try checkLayers(manifest, merged: try Checkpoint(path: mergedPath),
                                       layers: try SafeTensorsFile(path: file("expected_layers.safetensors")), row: row))
         checks.append(try checkUnmerge(manifest, caseFolder: caseFolder, base: base, scratch: scratch, row: row))
+        if manifest.unmergeWithRecord {
+            // Last merged, first unmerged, each from the previous output and the record it carries.
+            var current = mergedPath
+            for (step, adapter) in manifest.adapters.reversed().enumerated() {
+                let output = (scratch as NSString).appendingPathComponent("unmerged-record-\(step)")
+                _ = try MergeEngine.run(MergeRequest(base: current, adapters: [file(adapter)], output: output, direction: .unmerge))
+                current = output
+            }
+            checks.append(try compareUnmerged(try Checkpoint(path: current), check: "unmerge of peftkit's merge (its record) vs PEFT's",
+                                              manifest, caseFolder: caseFolder, base: base, row: row))
+        }
         return checks
     }
 
@@ -240,9 +261,11 @@ package enum FixtureVerifier {
             // PEFT unmerges with what it cached in memory at merge time (DoRA's norms) or kept in the adapter; from
             // the merged weights alone it cannot be done. peftkit must refuse, unless the adapter carries the base's
             // own copy of every tensor the merge changed (an embedding's base_layer): then it must restore it exactly.
+            // Adapters merged together are undone last first.
+            let last = manifest.mergeTogether ? manifest.adapters.last! : manifest.adapters[0]
             do {
                 _ = try MergeEngine.run(MergeRequest(base: file("expected_merged.safetensors"),
-                                                     adapters: [file(manifest.adapters[0])], output: output, direction: .unmerge))
+                                                     adapters: [file(last)], output: output, direction: .unmerge))
             } catch let error as PEFTKitError where error.kind == .unsupported {
                 return row("unmerge refused (not determined by the checkpoint)", 0, 0, 0, "", nil)
             }
@@ -261,7 +284,15 @@ package enum FixtureVerifier {
         }
         _ = try MergeEngine.run(MergeRequest(base: file("expected_merged.safetensors"), adapters: [file(manifest.adapters[0])],
                                              output: output, direction: .unmerge))
-        let ours = try Checkpoint(path: output)
+        return try compareUnmerged(try Checkpoint(path: output), check: "unmerge drift vs PEFT's own", manifest,
+                                   caseFolder: caseFolder, base: base, row: row)
+    }
+
+    /// An unmerged checkpoint's largest distance from the base, as a ratio to PEFT's own merge-then-unmerge drift.
+    private static func compareUnmerged(_ ours: Checkpoint, check: String, _ manifest: Manifest, caseFolder: String,
+                                        base: Checkpoint,
+                                        row: (String, Double, Double, Double, String, String?) -> VerificationCheck) throws -> VerificationCheck {
+        let file = { (name: String) in (caseFolder as NSString).appendingPathComponent(name) }
         let peft = try Checkpoint(path: file("expected_unmerged.safetensors"))
         var ourDrift = 0.0, peftDrift = 0.0, allowance = 0.0
         var worst: String?
@@ -281,7 +312,7 @@ package enum FixtureVerifier {
         // As a ratio to PEFT's own drift (plus, for F32/F64, the summation-order allowance); both exact gives 0.
         let reference = peftDrift + allowance
         let ratio = ourDrift == 0 ? 0 : (reference == 0 ? .infinity : ourDrift / reference)
-        return row("unmerge drift vs PEFT's own", ourDrift, ratio, manifest.unmergeDriftFactor, "× PEFT", worst)
+        return row(check, ourDrift, ratio, manifest.unmergeDriftFactor, "× PEFT", worst)
     }
 
     private static func floatValues(_ view: TensorView) -> [Float] {
