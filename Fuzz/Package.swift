@@ -5,7 +5,7 @@ import PackageDescription
 
 let fuzzTargets = [
     "FuzzHeader", "FuzzSafeTensorsFile", "FuzzShardIndex", "FuzzAdapterConfig", "FuzzLegacyBin", "FuzzPickle",
-    "FuzzPeftkitFile", "FuzzMLXAdapter", "FuzzGGUF",
+    "FuzzPeftkitFile", "FuzzMLXAdapter", "FuzzGGUF", "FuzzUnmergeRecord",
 ]
 
 let package = Package(

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer targets and runs them, one at a time, at the lowest CPU priority.
 #
-#   Fuzz/run.sh TARGET SECONDS          run one target (header file index config legacy pickle peftkit mlx gguf)
+#   Fuzz/run.sh TARGET SECONDS          run one target (header file index config legacy pickle peftkit mlx gguf record)
 #   Fuzz/run.sh all SECONDS             run every target in turn, SECONDS each
 #   Fuzz/run.sh build                   only build
 #   Fuzz/run.sh minimize TARGET FILE    minimise a crashing input (libFuzzer -minimize_crash=1, 60 s)
@@ -13,7 +13,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
-targets=(header file index config legacy pickle peftkit mlx gguf)
+targets=(header file index config legacy pickle peftkit mlx gguf record)
 
 usage() {
     sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
@@ -31,6 +31,7 @@ executable() {
         peftkit) echo FuzzPeftkitFile ;;
         mlx) echo FuzzMLXAdapter ;;
         gguf) echo FuzzGGUF ;;
+        record) echo FuzzUnmergeRecord ;;
         *) echo "unknown target '$1' (expected one of: ${targets[*]}, all)" >&2; exit 2 ;;
     esac
 }
@@ -39,14 +40,14 @@ executable() {
 max_len() {
     case "$1" in
         header | file | peftkit | mlx | gguf) echo 262144 ;;
-        legacy | pickle) echo 65536 ;;
+        legacy | pickle | record) echo 65536 ;;
         index | config) echo 16384 ;;
     esac
 }
 
 dictionary() {
     case "$1" in
-        header | file) echo "$here/dicts/safetensors.dict" ;;
+        header | file | record) echo "$here/dicts/safetensors.dict" ;;
         *) echo "$here/dicts/$1.dict" ;;
     esac
 }
@@ -88,6 +89,7 @@ gather_seeds() {
         peftkit) files=("$here"/seeds/peftkit/*) ;;
         mlx) files=("$here"/seeds/mlx/*) ;;
         gguf) files=("$root"/fixtures/gguf/*/*.gguf "$here"/seeds/gguf/*) ;;
+        record) files=("$root"/Tests/Corpus/controls/*/merged/peftkit-unmerge.record "$root"/Tests/Corpus/cases/*/merged/peftkit-unmerge.record) ;;
     esac
     # Earlier finds, minimised (also byte literals in the FuzzRegressionTests of the test targets).
     files+=("$here"/regressions/"$target"/*)

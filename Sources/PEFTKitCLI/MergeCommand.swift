@@ -16,7 +16,11 @@ struct MergeCommand: AsyncParsableCommand {
             largest tensor, whatever the size of the model.
 
             With several adapters, each delta is scaled by its --weight (1 when not given) and all are applied to \
-            the same base weight, in the order given.
+            the same base weight, in the order given; DoRA adapters as PEFT's forward with all of them active \
+            (each renormalised with the norm of the base weight plus its own change).
+
+            A DoRA merge also writes peftkit-unmerge.record into DIR: the norms `peftkit unmerge` needs, which \
+            the merged weights do not keep. Loaders ignore it.
 
             DIR gets the base's layout (the same shards and index) and every other file of the base folder \
             (config.json, tokenizer files …), so transformers loads it as it loads the base. --max-shard-size \

@@ -11,6 +11,10 @@ struct UnmergeCommand: AsyncParsableCommand {
             solves for the original tile instead of inverting). Tensors the adapter does not touch are copied \
             unchanged; the output keeps MERGED's dtypes and sharding.
 
+            DoRA is undone from the norms peftkit's merge recorded in MERGED/peftkit-unmerge.record (the merged \
+            weights alone do not determine them): a model merged by another tool is refused. Adapters merged \
+            together or in turn are unmerged one at a time, the last merged first.
+
             Unmerging is not exact in general: the merged weights were rounded to their dtype once already. The drift is \
             reported, never hidden. With --check-against BASE, every recovered weight is compared with the \
             original, and the report gives the largest absolute and relative differences per tensor.

@@ -1055,6 +1055,99 @@ def method_cases():
                lora_config(trainable_token_indices=[1, 2]), [(tokens, [2, IN], [float("nan")] + ramp(2 * IN - 1))])
 
 
+MAGNITUDE = KEY + ".lora_magnitude_vector"
+RECORD = "merged/peftkit-unmerge.record"
+UNMERGE = ["unmerge", "{case}/merged", "{case}/adapter", "--output", "{output}"]
+
+
+def dora_files(magnitude=None, merged_weight=None, record=None):
+    """A merged folder with its unmerge record (spec/unmerge-record.md) and the DoRA adapter that was merged."""
+    weight = merged_weight if merged_weight is not None else f32(ramp(OUT * IN, 1))
+    files = {
+        "merged/model.safetensors": safetensors([(WEIGHT, "F32", [OUT, IN], weight),
+                                                 ("model.norm.weight", "F32", [IN], f32([1.0] * IN))], {"format": "pt"}),
+        "merged/config.json": pretty({"model_type": "llama", "hidden_size": IN, "torch_dtype": "float32"}),
+    }
+    magnitude = magnitude if magnitude is not None else [1.0 + i / 8 for i in range(OUT)]
+    files.update(adapter_files(config=lora_config(use_dora=True),
+                               tensors=lora_tensors() + [(MAGNITUDE, "F32", [OUT], f32(magnitude))]))
+    default = [(WEIGHT + ":checksum", "U32", [1], struct.pack("<I", zlib.crc32(weight) & 0xFFFFFFFF)),
+               (WEIGHT + ":0:scale", "F32", [1], f32([2.0])),
+               (WEIGHT + ":0:norms", "F32", [OUT], f32([2.0] * OUT)),
+               (WEIGHT + ":0:magnitude", "F32", [OUT], f32(magnitude))]
+    if record is not False:
+        content = record(default) if callable(record) else record
+        files[RECORD] = content if isinstance(content, bytes) else safetensors(
+            content if content is not None else default, {"format": "peftkit-unmerge", "version": "1"})
+    return files
+
+
+def record_cases():
+    """The unmerge record a DoRA merge writes, and the DoRA and IA3 tensor roles the earlier cases left out (appended
+    last so earlier cases keep their numbers)."""
+    def unmerge_case(slug, description, exit, fragment, **files):
+        category = {2: "record", 3: "base-mismatch", 4: "adapter-config", 6: "record"}[exit]
+        case(slug, category, description, dora_files(**files), UNMERGE, exit, fragment)
+
+    def replace(name, tensor):
+        return lambda default: [tensor if t[0] == name else t for t in default]
+
+    unmerge_case("record-not-safetensors", "the record is not a safetensors file", 2, "peftkit-unmerge.record",
+                 record=b"DoRA norms, honest\n")
+    unmerge_case("record-wrong-format", "the record's metadata names another format", 2, "not a peftkit unmerge record",
+                 record=lambda default: safetensors(default, {"format": "pt", "version": "1"}))
+    unmerge_case("record-future-version", "a record of version 2", 2, "version 2 is not one this peftkit reads",
+                 record=lambda default: safetensors(default, {"format": "peftkit-unmerge", "version": "2"}))
+    unmerge_case("record-bad-name", "a record tensor whose name has no merge index", 2, "not a record tensor name",
+                 record=lambda default: default + [(WEIGHT + ":x:scale", "F32", [1], f32([1.0]))])
+    unmerge_case("record-missing-checksum", "merges recorded for a tensor without its checksum", 2,
+                 "missing, or not a U32 of shape [1]", record=lambda default: default[1:])
+    unmerge_case("record-gap", "merges 0 and 2 recorded, 1 missing", 2, "merge 1 is missing",
+                 record=lambda default: default + [(WEIGHT + ":2:scale", "F32", [1], f32([1.0]))])
+    unmerge_case("record-zero-norm", "a recorded norm of 0", 2, "a norm is finite and positive",
+                 record=replace(WEIGHT + ":0:norms", (WEIGHT + ":0:norms", "F32", [OUT], f32([2.0] * (OUT - 1) + [0.0]))))
+    unmerge_case("record-nan-norm", "a recorded norm that is NaN", 2, "a norm is finite and positive",
+                 record=replace(WEIGHT + ":0:norms", (WEIGHT + ":0:norms", "F32", [OUT], f32([float("nan")] * OUT))))
+    unmerge_case("record-norms-length", "7 norms recorded for 8 magnitudes", 2, "7 norms for 8 magnitudes",
+                 record=replace(WEIGHT + ":0:norms", (WEIGHT + ":0:norms", "F32", [OUT - 1], f32([2.0] * (OUT - 1)))))
+    unmerge_case("record-half-dora", "norms recorded without the magnitude", 2, "needs both norms and magnitude",
+                 record=lambda default: default[:3])
+    unmerge_case("record-norms-f16", "norms stored as F16", 2, "expected a F32 vector",
+                 record=replace(WEIGHT + ":0:norms", (WEIGHT + ":0:norms", "F16", [OUT], struct.pack("<8e", *[2.0] * OUT))))
+    unmerge_case("record-checksum-mismatch", "the merged weight was changed after the record was written", 3,
+                 "has changed since peftkit last merged into it",
+                 record=replace(WEIGHT + ":checksum", (WEIGHT + ":checksum", "U32", [1], struct.pack("<I", 12345))))
+    unmerge_case("record-other-adapter", "the record's top merge is of a DoRA adapter with other magnitudes", 3,
+                 "unmerge adapters in the reverse order of merging",
+                 record=replace(WEIGHT + ":0:magnitude", (WEIGHT + ":0:magnitude", "F32", [OUT], f32([3.0] * OUT))))
+    unmerge_case("record-other-scale", "the record's top merge used another scale (merge weight)", 3,
+                 "each with the weight it was merged with",
+                 record=replace(WEIGHT + ":0:scale", (WEIGHT + ":0:scale", "F32", [1], f32([1.0]))))
+    unmerge_case("dora-unmerge-without-record", "a DoRA unmerge from a model merged elsewhere (no record)", 4,
+                 "has no record of a merge into this tensor", record=False)
+    unmerge_case("dora-unmerge-zero-magnitude", "the DoRA adapter's magnitude has a 0: that output cannot be undone", 6,
+                 "lora_magnitude_vector[0] is 0", magnitude=[0.0] + [1.0] * (OUT - 1))
+
+    def merge_case(slug, description, exit, fragment, config, tensors):
+        category = "base-mismatch" if exit == 3 else ("numerics" if exit == 6 else "adapter-config")
+        files = base_files()
+        files.update(adapter_files(config=config, tensors=tensors))
+        case(slug, category, description, files, MERGE, exit, fragment)
+
+    merge_case("dora-magnitude-wrong-shape", "lora_magnitude_vector of 7 entries for 8 outputs", 2,
+               "lora_magnitude_vector has shape [7], expected [8]", lora_config(use_dora=True),
+               lora_tensors() + [(MAGNITUDE, "F32", [OUT - 1], f32([1.0] * (OUT - 1)))])
+    merge_case("dora-magnitude-non-finite", "an infinity in lora_magnitude_vector", 6, "merging would spread it",
+               lora_config(use_dora=True), lora_tensors() + [(MAGNITUDE, "F32", [OUT], f32([float("inf")] + [1.0] * (OUT - 1)))])
+    ia3 = {"peft_type": "IA3", "target_modules": ["q_proj"], "feedforward_modules": []}
+    merge_case("ia3-wrong-shape", "ia3_l of 7 entries for a weight of 8 outputs", 3, "ia3_l has 7 entries",
+               ia3, [(KEY + ".ia3_l", "F32", [OUT - 1, 1], f32([1.0] * (OUT - 1)))])
+    files = base_files()
+    files.update(adapter_files(config=ia3, tensors=[(KEY + ".ia3_l", "F32", [OUT, 1], f32([0.0] + [1.0] * (OUT - 1)))]))
+    case("ia3-zero-scale-unmerge", "numerics", "unmerging an IA3 scale of 0 (the merge erased that output)", files,
+         ["unmerge", "{case}/base", "{case}/adapter", "--output", "{output}"], 6, "ia3_l")
+
+
 def controls():
     files = base_files()
     files.update(adapter_files())
@@ -1082,6 +1175,8 @@ def controls():
     files.update(adapter_files())
     files["merged/model.safetensors"] = merged_file()
     control("verify-merged", "the valid merge every verify --merged case starts from", files, VERIFY_MERGED)
+    control("unmerge-dora-record", "the valid merged folder, record and DoRA adapter every record case starts from",
+            dora_files(), UNMERGE)
     good = safetensors(base_tensors(), {"format": "pt"})
     control("diff", "two valid checkpoints, as every diff case starts from", {
         "a.safetensors": good, "b.safetensors": safetensors(base_tensors(seed=2), {"format": "pt"})},
@@ -1335,6 +1430,7 @@ def main():
     lycoris_cases()
     method_cases()
     gguf_cases()
+    record_cases()
     controls()
     gguf_controls()
     slugs = [c["slug"] for c in CASES]

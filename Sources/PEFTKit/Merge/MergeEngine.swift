@@ -34,6 +34,10 @@ public enum MergeEngine {
         try folder.publish()
 
         var notes = plan.notes + sideNotes
+        if !run.record.stacks.isEmpty {
+            notes.append("\(UnmergeRecord.fileName) records what unmerging needs for \(run.record.stacks.count) tensor(s) "
+                + "(DoRA's norms, which the merged weights do not keep); keep it with the weights")
+        }
         if let condition = run.worstCondition, condition > conditionWarningThreshold {
             notes.append(String(format: "warning: I + B is ill-conditioned (condition number %.3g): the unmerged values "
                 + "can be off by that factor times the merged file's rounding", condition))
