@@ -87,7 +87,11 @@ public struct LoHa: AdapterMethod {
     /// W[rows] += ((W1a[rows] · W1b) ⊙ (W2a[rows] · W2b)) · s, with the two products of a slice formed by `sgemm`
     /// and then combined in PEFT's order: product, Hadamard, scale, each rounded in Float32. A negated s gives exactly
     /// PEFT's `W -= ΔW`.
-    struct Hadamard: WeightOperation {
+    ///
+    /// The products go through scratch kept from slice to slice, in bands of rows small enough that both stay in the
+    /// core's cache until the Hadamard step reads them (a fresh 1 MiB buffer per product and slice cost a page fault
+    /// per 4 KiB, and a slice-sized product left the cache before it was used).
+    final class Hadamard: WeightOperation {
         let w1a: [Float]
         let w1b: [Float]
         let w2a: [Float]
@@ -95,27 +99,41 @@ public struct LoHa: AdapterMethod {
         let rank: Int
         let inFeatures: Int
         let scale: Float
+        private var scratch: [Float] = []
+        /// Elements of each product per band: 2 × 64 KiB, well inside a 512 KiB L2.
+        static let bandElements = 16 * 1024
+
+        init(w1a: [Float], w1b: [Float], w2a: [Float], w2b: [Float], rank: Int, inFeatures: Int, scale: Float) {
+            (self.w1a, self.w1b, self.w2a, self.w2b) = (w1a, w1b, w2a, w2b)
+            (self.rank, self.inFeatures, self.scale) = (rank, inFeatures, scale)
+        }
 
         func apply(to slice: WeightRows) {
-            let r = rank, count = slice.rows.count * slice.columns, n = slice.columns
+            let r = rank, n = slice.columns
             precondition(n == inFeatures)
-            let first = UnsafeMutablePointer<Float>.allocate(capacity: count)
-            let second = UnsafeMutablePointer<Float>.allocate(capacity: count)
-            defer { first.deallocate(); second.deallocate() }
-            for (a, b, into) in [(w1a, w1b, first), (w2a, w2b, second)] {
-                a.withUnsafeBufferPointer { a in
-                    b.withUnsafeBufferPointer { b in
-                        LinearAlgebra.multiplyAccumulate(
-                            m: slice.rows.count, n: n, k: r, alpha: 1,
-                            a: a.baseAddress! + slice.rows.lowerBound * r, lda: r, transposeA: false,
-                            b: b.baseAddress!, ldb: n, transposeB: false, into: into, ldc: n, beta: 0)
+            let bandRows = max(1, Self.bandElements / max(n, 1))
+            if scratch.count < 2 * bandRows * n { scratch = [Float](repeating: 0, count: 2 * bandRows * n) }
+            let s = scale
+            scratch.withUnsafeMutableBufferPointer { scratch in
+                let first = scratch.baseAddress!, second = first + bandRows * n
+                for start in stride(from: slice.rows.lowerBound, to: slice.rows.upperBound, by: bandRows) {
+                    let rows = min(bandRows, slice.rows.upperBound - start)
+                    for (a, b, into) in [(w1a, w1b, first), (w2a, w2b, second)] {
+                        a.withUnsafeBufferPointer { a in
+                            b.withUnsafeBufferPointer { b in
+                                LinearAlgebra.multiplyAccumulate(
+                                    m: rows, n: n, k: r, alpha: 1,
+                                    a: a.baseAddress! + start * r, lda: r, transposeA: false,
+                                    b: b.baseAddress!, ldb: n, transposeB: false, into: into, ldc: n, beta: 0)
+                            }
+                        }
+                    }
+                    let values = slice.row(start)
+                    for i in 0..<(rows * n) {
+                        let hadamard = first[i] * second[i]
+                        values[i] += hadamard * s
                     }
                 }
-            }
-            let s = scale
-            for i in 0..<count {
-                let hadamard = first[i] * second[i]
-                slice.values[i] += hadamard * s
             }
         }
 
