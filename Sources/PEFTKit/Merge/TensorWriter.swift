@@ -84,7 +84,10 @@ final class TensorWriter {
 
     private func transform(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
         if case .pop(let expected, _) = tensor.recordUpdate {
-            let found = try CRC32.checksum(of: StoredTensor(view: try tensor.source!.file.view(tensor.source!.info)))
+            let input = StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
+            let found = try CRC32.checksum(of: input)
+            // Read whole, so its pages are dropped at once, as the slice loop drops them as it goes.
+            input.release(bytes: 0..<input.byteCount)
             guard found == expected else {
                 throw PEFTKitError(.baseMismatch, file: request.base, tensor: tensor.name,
                                    "the tensor has changed since peftkit last merged into it (CRC-32 \(CRC32.hex(found)), "
