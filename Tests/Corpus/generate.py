@@ -1055,6 +1055,44 @@ def method_cases():
                lora_config(trainable_token_indices=[1, 2]), [(tokens, [2, IN], [float("nan")] + ramp(2 * IN - 1))])
 
 
+M64 = (1 << 64) - 1
+
+
+def content_hash(data):
+    """spec/unmerge-record.md's ContentHash, written from the spec (the Swift one is peftkit's)."""
+    def split_mix(seed, count):
+        out = []
+        for _ in range(count):
+            seed = (seed + 0x9E3779B97F4A7C15) & M64
+            z = seed
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+            out.append(z ^ (z >> 31))
+        return out
+    words = split_mix(0x706566746B697421, 24)
+    scramble_key = split_mix(0x736372616D626C65, 8)
+    lanes = [(j * 0x9E3779B97F4A7C15) & M64 for j in range(8)]
+
+    def scramble():
+        for j in range(8):
+            lanes[j] = (((lanes[j] ^ (lanes[j] >> 47)) ^ scramble_key[j]) * 0x9E3779B1) & M64
+    padded = data + bytes(-len(data) % 64)
+    for stripe in range(len(padded) // 64):
+        position = stripe % 16
+        for j, word in enumerate(struct.unpack_from("<8Q", padded, stripe * 64)):
+            keyed = word ^ words[position + j]
+            lanes[j] = (lanes[j] + word + (keyed & 0xFFFFFFFF) * (keyed >> 32)) & M64
+        if position == 15:
+            scramble()
+    scramble()
+    value = (len(data) * 0x9E3779B185EBCA87) & M64
+    for j in range(0, 8, 2):
+        product = (lanes[j] ^ scramble_key[j]) * (lanes[j + 1] ^ scramble_key[j + 1])
+        value = ((value ^ (product >> 64) ^ (product & M64)) * 0xC2B2AE3D27D4EB4F) & M64
+        value ^= value >> 29
+    return value ^ (value >> 32)
+
+
 MAGNITUDE = KEY + ".lora_magnitude_vector"
 RECORD = "merged/peftkit-unmerge.record"
 UNMERGE = ["unmerge", "{case}/merged", "{case}/adapter", "--output", "{output}"]
@@ -1071,14 +1109,14 @@ def dora_files(magnitude=None, merged_weight=None, record=None):
     magnitude = magnitude if magnitude is not None else [1.0 + i / 8 for i in range(OUT)]
     files.update(adapter_files(config=lora_config(use_dora=True),
                                tensors=lora_tensors() + [(MAGNITUDE, "F32", [OUT], f32(magnitude))]))
-    default = [(WEIGHT + ":checksum", "U32", [1], struct.pack("<I", zlib.crc32(weight) & 0xFFFFFFFF)),
+    default = [(WEIGHT + ":hash", "U64", [1], struct.pack("<Q", content_hash(weight))),
                (WEIGHT + ":0:scale", "F32", [1], f32([2.0])),
                (WEIGHT + ":0:norms", "F32", [OUT], f32([2.0] * OUT)),
                (WEIGHT + ":0:magnitude", "F32", [OUT], f32(magnitude))]
     if record is not False:
         content = record(default) if callable(record) else record
         files[RECORD] = content if isinstance(content, bytes) else safetensors(
-            content if content is not None else default, {"format": "peftkit-unmerge", "version": "1"})
+            content if content is not None else default, {"format": "peftkit-unmerge", "version": "2"})
     return files
 
 
@@ -1095,13 +1133,13 @@ def record_cases():
     unmerge_case("record-not-safetensors", "the record is not a safetensors file", 2, "peftkit-unmerge.record",
                  record=b"DoRA norms, honest\n")
     unmerge_case("record-wrong-format", "the record's metadata names another format", 2, "not a peftkit unmerge record",
-                 record=lambda default: safetensors(default, {"format": "pt", "version": "1"}))
-    unmerge_case("record-future-version", "a record of version 2", 2, "version 2 is not one this peftkit reads",
-                 record=lambda default: safetensors(default, {"format": "peftkit-unmerge", "version": "2"}))
+                 record=lambda default: safetensors(default, {"format": "pt", "version": "2"}))
+    unmerge_case("record-future-version", "a record of version 3", 2, "version 3 is not one this peftkit reads",
+                 record=lambda default: safetensors(default, {"format": "peftkit-unmerge", "version": "3"}))
     unmerge_case("record-bad-name", "a record tensor whose name has no merge index", 2, "not a record tensor name",
                  record=lambda default: default + [(WEIGHT + ":x:scale", "F32", [1], f32([1.0]))])
-    unmerge_case("record-missing-checksum", "merges recorded for a tensor without its checksum", 2,
-                 "missing, or not a U32 of shape [1]", record=lambda default: default[1:])
+    unmerge_case("record-missing-checksum", "merges recorded for a tensor without its hash", 2,
+                 "missing, or not a U64 of shape [1]", record=lambda default: default[1:])
     unmerge_case("record-gap", "merges 0 and 2 recorded, 1 missing", 2, "merge 1 is missing",
                  record=lambda default: default + [(WEIGHT + ":2:scale", "F32", [1], f32([1.0]))])
     unmerge_case("record-zero-norm", "a recorded norm of 0", 2, "a norm is finite and positive",
@@ -1116,7 +1154,7 @@ def record_cases():
                  record=replace(WEIGHT + ":0:norms", (WEIGHT + ":0:norms", "F16", [OUT], struct.pack("<8e", *[2.0] * OUT))))
     unmerge_case("record-checksum-mismatch", "the merged weight was changed after the record was written", 3,
                  "has changed since peftkit last merged into it",
-                 record=replace(WEIGHT + ":checksum", (WEIGHT + ":checksum", "U32", [1], struct.pack("<I", 12345))))
+                 record=replace(WEIGHT + ":hash", (WEIGHT + ":hash", "U64", [1], struct.pack("<Q", 12345))))
     unmerge_case("record-other-adapter", "the record's top merge is of a DoRA adapter with other magnitudes", 3,
                  "unmerge adapters in the reverse order of merging",
                  record=replace(WEIGHT + ":0:magnitude", (WEIGHT + ":0:magnitude", "F32", [OUT], f32([3.0] * OUT))))

@@ -141,7 +141,7 @@ private func merged(_ folder: String, _ tiny: (base: String, adapter: String), s
     let restored = floats(try Checkpoint(path: folder + "/base-again").view("m.weight"))
     for (got, want) in zip(restored, [3, 4, 0, 5] as [Float]) { #expect(abs(got - want) < 1e-5, "\(restored)") }
 
-    // The weight changed behind the record's back (rewritten by another tool): its checksum no longer matches.
+    // The weight changed behind the record's back (rewritten by another tool): its hash no longer matches.
     let weights = folder + "/dora/base.safetensors"
     let merged = floats(try Checkpoint(path: weights).view("m.weight"))
     try writeSafetensors(weights, [("m.weight", .f32, [2, 2], float32Bytes(merged.map { $0 * 1.001 }))])

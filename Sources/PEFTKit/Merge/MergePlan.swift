@@ -16,10 +16,10 @@ struct OutputTensor: Sendable {
 
     /// How the output's unmerge record changes with this tensor.
     enum RecordUpdate: Sendable {
-        /// Merge: every change is pushed onto the tensor's stack (this one), with the output's checksum.
+        /// Merge: every change is pushed onto the tensor's stack (this one), with the hash of the output.
         case push(onto: [UnmergeRecord.Entry])
-        /// Unmerge: the input's bytes must have this checksum; the stack left is these entries (none: dropped).
-        case pop(expecting: UInt32, leaving: [UnmergeRecord.Entry])
+        /// Unmerge: the input's bytes must have this hash; the stack left is these entries (none: dropped).
+        case pop(expecting: UInt64, leaving: [UnmergeRecord.Entry])
     }
 
     let name: String
@@ -304,7 +304,7 @@ struct MergePlan: Sendable {
                             + "with the weight it was merged with")
                     }
                     tensor.changes[0].recorded = top
-                    tensor.recordUpdate = .pop(expecting: stack.checksum, leaving: Array(stack.entries.dropLast()))
+                    tensor.recordUpdate = .pop(expecting: stack.hash, leaving: Array(stack.entries.dropLast()))
                 }
                 tensors[name] = tensor
             }

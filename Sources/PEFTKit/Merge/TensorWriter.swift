@@ -85,13 +85,13 @@ final class TensorWriter {
     private func transform(_ tensor: OutputTensor, into file: SharedOutputFile) throws {
         if case .pop(let expected, _) = tensor.recordUpdate {
             let input = StoredTensor(view: try tensor.source!.file.view(tensor.source!.info))
-            let found = try CRC32.checksum(of: input)
+            let found = try input.withBytes { ContentHash.of($0) }
             // Read whole, so its pages are dropped at once, as the slice loop drops them as it goes.
             input.release(bytes: 0..<input.byteCount)
             guard found == expected else {
                 throw PEFTKitError(.baseMismatch, file: request.base, tensor: tensor.name,
-                                   "the tensor has changed since peftkit last merged into it (CRC-32 \(CRC32.hex(found)), "
-                                   + "recorded \(CRC32.hex(expected))): what changed it must be undone first")
+                                   "the tensor has changed since peftkit last merged into it (hash \(ContentHash.hex(found)), "
+                                   + "recorded \(ContentHash.hex(expected))): what changed it must be undone first")
             }
         }
         let prepared = try PreparedTensor(tensor, plan: run.plan, direction: request.direction)
@@ -103,8 +103,8 @@ final class TensorWriter {
         let summationError = isUnmerge ? prepared.operations.reduce(0) { $0 + $1.summationError } : 0
         let amplification = prepared.operations.reduce(1.0) { $0 * $1.roundingAmplification }
         var released = 0..<0
-        var checksum: UInt32 = 0
-        let checksumsOutput = switch tensor.recordUpdate {
+        var outputHash = ContentHash()
+        let hashesOutput = switch tensor.recordUpdate {
         case .push: true
         case .pop(_, let leaving): !leaving.isEmpty
         case nil: false
@@ -119,7 +119,7 @@ final class TensorWriter {
                 if isUnmerge { outputMagnitude = Self.largestMagnitude(floats) }
             } check: { floats, nonFinite, encoded in
                 try checkFinite(floats, nonFinite: nonFinite, tensor: tensor, firstRow: rowRange.lowerBound, columns: columns)
-                if checksumsOutput { checksum = CRC32.checksum(UnsafeRawBufferPointer(encoded), continuing: checksum) }
+                if hashesOutput { outputHash.update(UnsafeRawBufferPointer(encoded)) }
             }
             if isUnmerge {
                 // Rounding the merged values cost at most half an ulp each, which undoing can amplify; rounding the
@@ -137,9 +137,9 @@ final class TensorWriter {
             let entries = zip(tensor.changes, prepared.operations).map { planned, operation in
                 UnmergeRecord.Entry(scale: planned.scale, dora: operation.recordForUnmerge)
             }
-            run.update { $0.record.stacks[tensor.name] = UnmergeRecord.Stack(entries: earlier + entries, checksum: checksum) }
+            run.update { $0.record.stacks[tensor.name] = UnmergeRecord.Stack(entries: earlier + entries, hash: outputHash.finalize()) }
         case .pop(_, let leaving) where !leaving.isEmpty:
-            run.update { $0.record.stacks[tensor.name] = UnmergeRecord.Stack(entries: leaving, checksum: checksum) }
+            run.update { $0.record.stacks[tensor.name] = UnmergeRecord.Stack(entries: leaving, hash: outputHash.finalize()) }
         case .pop, nil:
             break
         }

@@ -5,20 +5,20 @@ import SafeTensors
 /// DoRA's norms n = ‖W + s·B·A‖ per output (spec/unmerge-record.md).
 ///
 /// `peftkit-unmerge.record` (safetensors inside; named so that no loader takes it for weights) in a merged folder keeps, for each tensor T that a DoRA merge changed, a stack of the
-/// merges into T since, oldest first (k = 0, 1, …), and the checksum of T's bytes as peftkit last wrote them:
+/// merges into T since, oldest first (k = 0, 1, …), and the hash of T's bytes as peftkit last wrote them:
 ///
-///     T:checksum      U32 [1]         CRC-32 of T's stored bytes
+///     T:hash          U64 [1]         ContentHash of T's stored bytes
 ///     T:k:scale       F32 [1]         the scale s merge k was applied with (scaling × merge weight)
 ///     T:k:norms       F32 [outputs]   DoRA only: the norms merge k divided by
 ///     T:k:magnitude   F32 [outputs]   DoRA only: the adapter's lora_magnitude_vector, which says whose merge it was
 ///
-/// An unmerge undoes the top merge of each tensor it changes, and only when T's bytes still have the checksum (nothing
+/// An unmerge undoes the top merge of each tensor it changes, and only when T's bytes still have the hash (nothing
 /// merged or converted since without peftkit knowing) and the adapter's magnitude and scale are the recorded ones;
 /// adapters merged in turn are so unmerged in reverse order. Any merge into a tensor with a stack pushes onto it.
 struct UnmergeRecord: Sendable {
     static let fileName = "peftkit-unmerge.record"
     static let format = "peftkit-unmerge"
-    static let version = "1"
+    static let version = "2"
 
     struct Entry: Sendable, Equatable {
         let scale: Float
@@ -32,7 +32,8 @@ struct UnmergeRecord: Sendable {
 
     struct Stack: Sendable, Equatable {
         var entries: [Entry]
-        var checksum: UInt32
+        /// `ContentHash` of the tensor's bytes.
+        var hash: UInt64
     }
 
     var stacks: [String: Stack] = [:]
@@ -51,17 +52,17 @@ struct UnmergeRecord: Sendable {
         guard metadata["version"] == version else {
             throw fail(nil, "unmerge record version \(metadata["version"] ?? "(none)") is not one this peftkit reads (\(version))")
         }
-        var checksums: [String: TensorInfo] = [:]
+        var hashes: [String: TensorInfo] = [:]
         var fields: [String: [Int: [String: TensorInfo]]] = [:]
         for info in file.tensors {
             let parts = info.name.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
-            if parts.count >= 2, parts.last == "checksum" {
-                checksums[parts.dropLast().joined(separator: ":")] = info
+            if parts.count >= 2, parts.last == "hash" {
+                hashes[parts.dropLast().joined(separator: ":")] = info
                 continue
             }
             guard parts.count >= 3, let k = Int(parts[parts.count - 2]), k >= 0, String(k) == parts[parts.count - 2],
                   ["norms", "magnitude", "scale"].contains(parts.last!) else {
-                throw fail(info.name, "not a record tensor name (TENSOR:checksum or TENSOR:INDEX:scale|norms|magnitude)")
+                throw fail(info.name, "not a record tensor name (TENSOR:hash or TENSOR:INDEX:scale|norms|magnitude)")
             }
             fields[parts.dropLast(2).joined(separator: ":"), default: [:]][k, default: [:]][parts.last!] = info
         }
@@ -72,12 +73,12 @@ struct UnmergeRecord: Sendable {
             return Codec.decode(try file.view(info).bytes, as: dtype, count: info.elementCount)
         }
         var record = UnmergeRecord()
-        for tensor in Set(checksums.keys).union(fields.keys).sorted() {
-            guard let checksumInfo = checksums[tensor], checksumInfo.dtype == .u32, checksumInfo.shape == [1] else {
-                throw fail(tensor + ":checksum", "missing, or not a U32 of shape [1]")
+        for tensor in Set(hashes.keys).union(fields.keys).sorted() {
+            guard let hashInfo = hashes[tensor], hashInfo.dtype == .u64, hashInfo.shape == [1] else {
+                throw fail(tensor + ":hash", "missing, or not a U64 of shape [1]")
             }
             let byIndex = fields[tensor] ?? [:]
-            guard !byIndex.isEmpty else { throw fail(tensor, "a checksum without merges") }
+            guard !byIndex.isEmpty else { throw fail(tensor, "a hash without merges") }
             var entries: [Entry] = []
             for k in 0..<byIndex.count {
                 guard let entry = byIndex[k] else { throw fail("\(tensor):\(k)", "merge \(k) is missing (merges count up from 0)") }
@@ -100,8 +101,8 @@ struct UnmergeRecord: Sendable {
                 }
                 entries.append(Entry(scale: scale, dora: dora))
             }
-            let checksum = try file.view(checksumInfo).bytes.loadUnaligned(as: UInt32.self).littleEndian
-            record.stacks[tensor] = Stack(entries: entries, checksum: checksum)
+            let hash = try file.view(hashInfo).bytes.loadUnaligned(as: UInt64.self).littleEndian
+            record.stacks[tensor] = Stack(entries: entries, hash: hash)
         }
         return record
     }
@@ -111,13 +112,13 @@ struct UnmergeRecord: Sendable {
         guard !stacks.isEmpty else { return }
         var specs: [TensorSpec] = [], data: [String: [UInt8]] = [:]
         func add(_ name: String, _ dtype: DType, _ bytes: [UInt8]) {
-            specs.append(TensorSpec(name: name, dtype: dtype, shape: [bytes.count / 4]))
+            specs.append(TensorSpec(name: name, dtype: dtype, shape: [bytes.count / (dtype.bitWidth / 8)]))
             data[name] = bytes
         }
         func bytes(_ values: [Float]) -> [UInt8] { values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) } }
         for tensor in stacks.keys.sorted() {
             let stack = stacks[tensor]!
-            add(tensor + ":checksum", .u32, withUnsafeBytes(of: stack.checksum.littleEndian, Array.init))
+            add(tensor + ":hash", .u64, withUnsafeBytes(of: stack.hash.littleEndian, Array.init))
             for (k, entry) in stack.entries.enumerated() {
                 add("\(tensor):\(k):scale", .f32, bytes([entry.scale]))
                 if let dora = entry.dora {
