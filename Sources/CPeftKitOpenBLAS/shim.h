@@ -13,7 +13,14 @@ void sgeqrf_(const int *m, const int *n, float *a, const int *lda, float *tau, f
              int *info);
 void sorgqr_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau, float *work,
              const int *lwork, int *info);
+void sgelqf_(const int *m, const int *n, float *a, const int *lda, float *tau, float *work, const int *lwork,
+             int *info);
+void sorglq_(const int *m, const int *n, const int *k, float *a, const int *lda, const float *tau, float *work,
+             const int *lwork, int *info);
 void sgesdd_(const char *jobz, const int *m, const int *n, float *a, const int *lda, float *s, float *u,
              const int *ldu, float *vt, const int *ldvt, float *work, const int *lwork, int *iwork, int *info);
+void spotrf_(const char *uplo, const int *n, float *a, const int *lda, int *info);
+void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w, double *work,
+             const int *lwork, int *iwork, const int *liwork, int *info);
 float slange_(const char *norm, const int *m, const int *n, const float *a, const int *lda, float *work);
 #endif

@@ -171,7 +171,153 @@ private func syntheticDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
     return zip(delta, noise).map { Float($0 + noiseScale * $1) }
 }
 
-@Test func extractIsWithinOnePercentOfTheOptimum() throws {
+// MARK: Block Krylov SVD and the rounding of the factors
+
+/// A fine-tune-like difference whose rank-k cut falls inside the noise floor: a rank-8 product over noise that holds
+/// half the energy, so the directions after the eighth are the noise's nearly equal ones — where subspace iteration
+/// stays well above the optimum.
+private func flatFloorDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
+    var random = TestRandom(seed: seed)
+    let r = 8
+    let u = gaussianish(&random, rows * r, scale: 1), v = gaussianish(&random, r * columns, scale: 1)
+    var delta = [Double](repeating: 0, count: rows * columns)
+    for k in 0..<r {
+        let strength = 1 / (1 + Double(k) / 2)
+        for o in 0..<rows {
+            let uk = Double(u[o * r + k]) * strength
+            for i in 0..<columns { delta[o * columns + i] += uk * Double(v[k * columns + i]) }
+        }
+    }
+    let noise = gaussianish(&random, rows * columns, scale: 1).map(Double.init)
+    let noiseScale = frobenius(delta) / frobenius(noise)
+    return zip(delta, noise).map { Float($0 + noiseScale * $1) }
+}
+
+/// ‖ΔW − U S Vᵀ‖²_F in Double.
+private func residualEnergy(_ delta: [Float], _ svd: TruncatedSVD) -> Double {
+    let k = svd.rank, n = svd.columns
+    var total = 0.0
+    for i in 0..<svd.rows {
+        for c in 0..<n {
+            var value = Double(delta[i * n + c])
+            for j in 0..<k { value -= Double(svd.u[i * k + j]) * Double(svd.singularValues[j]) * Double(svd.vt[j * n + c]) }
+            total += value * value
+        }
+    }
+    return total
+}
+
+@Test func blockKrylovIsWithinAMillionthOfTheOptimumOnAFlatFloor() throws {
+    // Tall and wide (M = A and M = Aᵀ), rank 24: blocks of 12, 17 blocks (204 columns < 300), so not the exact path.
+    for (rows, columns) in [(420, 300), (300, 420)] {
+        let delta = flatFloorDelta(rows: rows, columns: columns, seed: 40)
+        let exact = try LinearAlgebra.ThinSVD(rowMajor: delta, rows: rows, columns: columns)
+        let optimum = exact.singularValues.dropFirst(24).reduce(0.0) { $0 + Double($1) * Double($1) }
+        var random = SurgeryRandom(seed: 1, stream: 0)
+        let svd = try RandomizedSVD.decompose(delta.withUnsafeBufferPointer { $0 }, rows: rows, columns: columns, rank: 24,
+                                              random: &random)
+        #expect(svd.isComplete == false && svd.rank == 24)
+        let ratio = (residualEnergy(delta, svd) / optimum).squareRoot()
+        #expect(ratio <= 1 + 1e-6, "\(rows)×\(columns): error \(ratio) × the optimum")
+        // The same sketch without the Krylov blocks (one block: a plain range finder) is far from it: the test can tell.
+        var again = SurgeryRandom(seed: 1, stream: 0)
+        let one = try RandomizedSVD.decompose(delta.withUnsafeBufferPointer { $0 }, rows: rows, columns: columns, rank: 24,
+                                              parameters: .init(blockSize: 24, iterations: 0), random: &again)
+        #expect((residualEnergy(delta, one) / optimum).squareRoot() > 1 + 1e-3)
+        // U has orthonormal columns and the values are the top ones, descending.
+        for a in 0..<24 {
+            for b in a..<24 {
+                let dot = (0..<rows).reduce(0.0) { $0 + Double(svd.u[$1 * 24 + a]) * Double(svd.u[$1 * 24 + b]) }
+                #expect(abs(dot - (a == b ? 1 : 0)) < 1e-4)
+            }
+            #expect(abs(svd.singularValues[a] - exact.singularValues[a]) <= 1e-4 * exact.singularValues[a])
+        }
+    }
+}
+
+@Test func blockKrylovFindsALowRankDifferenceExactly() throws {
+    // Rank 5 with blocks of 12: the first block already holds the whole range, every later one is made of rounding
+    // noise and must still come out orthogonal to it (else a direction would be counted twice).
+    let rows = 360, columns = 250, r = 5
+    var random = TestRandom(seed: 41)
+    let u = gaussianish(&random, rows * r, scale: 1), v = gaussianish(&random, r * columns, scale: 1)
+    let delta = product(u, v, out: rows, in: columns, rank: r).map { Float($0) }
+    var generator = SurgeryRandom(seed: 3, stream: 0)
+    let svd = try RandomizedSVD.decompose(delta.withUnsafeBufferPointer { $0 }, rows: rows, columns: columns, rank: 24,
+                                          random: &generator)
+    #expect(svd.isComplete == false, "the Krylov path, not the exact fallback")
+    let total = delta.reduce(0.0) { $0 + Double($1) * Double($1) }
+    #expect(residualEnergy(delta, svd) <= 1e-10 * total)
+    let kept = svd.singularValues.reduce(0.0) { $0 + Double($1) * Double($1) }
+    #expect(abs(kept - total) <= 1e-5 * total, "Ritz values hold \(kept / total) of the energy")
+    #expect(svd.singularValues.dropFirst(r).allSatisfy { $0 <= 1e-4 * svd.singularValues[0] })
+}
+
+@Test func choleskyQRHandsDependentColumnsToHouseholder() throws {
+    // Columns 2 and 3 equal and column 4 zero after the first: Cholesky fails, Householder must still give Q.
+    let rows = 50, columns = 4
+    var random = TestRandom(seed: 42)
+    var x = gaussianish(&random, rows * columns, scale: 1)
+    for i in 0..<rows { x[i * columns + 2] = x[i * columns + 1]; x[i * columns + 3] = 0 }
+    try x.withUnsafeMutableBufferPointer {
+        try LinearAlgebra.orthonormalizeColumnsQuickly($0.baseAddress!, rows: rows, columns: columns, leading: columns)
+    }
+    for a in 0..<columns {
+        for b in a..<columns {
+            let dot = (0..<rows).reduce(0.0) { $0 + Double(x[$1 * columns + a]) * Double(x[$1 * columns + b]) }
+            #expect(abs(dot - (a == b ? 1 : 0)) < 1e-5, "columns \(a), \(b): \(dot)")
+        }
+    }
+    // A well-conditioned block goes the Cholesky way and spans the same space: Q Qᵀ y = y for y in it.
+    var y = gaussianish(&random, rows * columns, scale: 3)
+    let original = y
+    try y.withUnsafeMutableBufferPointer {
+        try LinearAlgebra.orthonormalizeColumnsQuickly($0.baseAddress!, rows: rows, columns: columns, leading: columns)
+    }
+    for c in 0..<columns {
+        let column = (0..<rows).map { Double(original[$0 * columns + c]) }
+        let coefficients = (0..<columns).map { j in (0..<rows).reduce(0.0) { $0 + Double(y[$1 * columns + j]) * column[$1] } }
+        let projected = (0..<rows).map { i in (0..<columns).reduce(0.0) { $0 + Double(y[i * columns + $1]) * coefficients[$1] } }
+        #expect(frobenius(minus(projected, column)) <= 1e-5 * frobenius(column))
+    }
+}
+
+@Test func refitRoundingIsNoWorseThanRoundingBothAndKeepsTheLayout() throws {
+    // Both orientations of ΔW and both stored layouts (Linear, and (B·A)ᵀ for Conv1D / embeddings).
+    for (rows, columns) in [(160, 96), (96, 160)] {
+        for transposed in [false, true] {
+            let delta = flatFloorDelta(rows: rows, columns: columns, seed: 43)
+            let exact = try LinearAlgebra.ThinSVD(rowMajor: delta, rows: rows, columns: columns)
+            let svd = TruncatedSVD(u: exact.u, singularValues: exact.singularValues, vt: exact.vt, rows: rows,
+                                   columns: columns, isComplete: true)
+            let factors = LowRankFactors.split(svd, rank: 16, transposed: transposed)
+            func error(_ f: LowRankFactors) -> Double {
+                var residual = delta
+                residual.withUnsafeMutableBufferPointer { f.subtract(from: $0, transposed: transposed) }
+                return residual.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+            }
+            func bf16(_ v: [Float]) -> [Float] { LoRABuilder.decode(LoRABuilder.encode(v, .bf16), .bf16) }
+            let both = LowRankFactors(b: bf16(factors.b), a: bf16(factors.a), outFeatures: factors.outFeatures,
+                                      inFeatures: factors.inFeatures)
+            let refit = try delta.withUnsafeBufferPointer {
+                try Extract.rounded(factors, delta: $0, rows: rows, columns: columns, transposed: transposed, dtype: .bf16)
+            }
+            #expect(refit.outFeatures == factors.outFeatures && refit.inFeatures == factors.inFeatures)
+            #expect(refit.b.count == factors.b.count && refit.a.count == factors.a.count)
+            #expect(bf16(refit.b) == refit.b && bf16(refit.a) == refit.a, "every value is a bf16 value")
+            let plain = error(both), better = error(refit), unrounded = error(factors)
+            #expect(better <= plain, "\(rows)×\(columns) transposed \(transposed): \(better) vs \(plain)")
+            #expect(better < 1.001 * unrounded)
+            // Float32 output is left as computed.
+            let kept = try delta.withUnsafeBufferPointer {
+                try Extract.rounded(factors, delta: $0, rows: rows, columns: columns, transposed: transposed, dtype: .f32)
+            }
+            #expect(kept.b == factors.b && kept.a == factors.a)
+        }
+    }
+}
+
+@Test func extractIsWithinATenThousandthOfTheOptimum() throws {
     let folder = scratchFolder()
     defer { try? FileManager.default.removeItem(atPath: folder) }
     var random = TestRandom(seed: 9)
@@ -199,7 +345,7 @@ private func syntheticDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
                 let module = try #require(adapter.module(path))
                 #expect(module.rank == rank)
                 let error = frobenius(minus(try change(of: module), delta)) / frobenius(delta)
-                let limit = exact ? 1.0001 : 1.01
+                let limit = 1.0001
                 #expect(error <= limit * optimum, "\(path) rank \(rank) exact \(exact): \(error) vs optimum \(optimum)")
                 let reported = try #require(report.modules.first { $0.path == path })
                 #expect(abs(reported.relativeError - error) <= 1e-4 * error, "reported \(reported.relativeError), measured \(error)")

@@ -1,6 +1,7 @@
 import SafeTensors
 
-/// A tensor of an adapter, wherever its bytes live (a mapped safetensors file or memory read from a legacy `.bin`).
+/// A tensor of an adapter, wherever its bytes live (a mapped safetensors file, memory read from a legacy `.bin`, or
+/// a surgery command's scratch file).
 public struct StoredTensor: Sendable {
     /// The name in the adapter file.
     public let name: String
@@ -11,6 +12,7 @@ public struct StoredTensor: Sendable {
     private enum Storage: Sendable {
         case mapped(TensorView)
         case memory([UInt8])
+        case spilled(SpillFile, offset: Int)
     }
 
     public init(view: TensorView) {
@@ -25,6 +27,14 @@ public struct StoredTensor: Sendable {
         self.dtype = dtype
         self.shape = shape
         storage = .memory(bytes)
+    }
+
+    /// A tensor whose bytes were written to `spill` at `offset`; they are read back when asked for.
+    init(name: String, dtype: DType, shape: [Int], spill: SpillFile, offset: Int) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        storage = .spilled(spill, offset: offset)
     }
 
     public var elementCount: Int { shape.reduce(1, *) }
@@ -48,6 +58,8 @@ public struct StoredTensor: Sendable {
             return result
         case .memory(let bytes):
             return try bytes.withUnsafeBytes(body)
+        case .spilled(let spill, let offset):
+            return try spill.read(offset: offset, count: byteCount).withUnsafeBytes(body)
         }
     }
 

@@ -218,7 +218,7 @@ public enum Combine {
                 let b = try apply(method.operation, factors.map(\.b), weights: weightsB, request: request, random: &random, kept: &kept)
                 result = LowRankFactors(b: b, a: a, outFeatures: outFeatures, inFeatures: inFeatures)
             }
-            builder.modules.append(LoRABuilder.Module(path: path, kind: first.kind, factors: result, dtype: .f32))
+            builder.modules.append(try LoRABuilder.Module(path: path, kind: first.kind, factors: result, dtype: .f32))
         }
         if loras.contains(where: \.useRSLoRA) {
             notes.append("use_rslora is written false: the combined factors already hold every scaling (PEFT copies use_rslora and makes the result √r too large)")

@@ -9,27 +9,30 @@ import SafeTensors
 /// `rank_pattern` and `alpha_pattern` under their full module path, as PEFT's own EVA init writes them), and
 /// `use_rslora` is false.
 struct LoRABuilder {
-    /// A module's factors, already rounded to the output dtype (the builder keeps only the encoded bytes).
+    /// A module's factors, already rounded to the output dtype: the tensors as they will be written (their bytes in
+    /// memory, or in a spill file when one is given).
     struct Module {
         let path: String
         let kind: AdaptedModule.Kind
         let rank: Int
-        let a: [UInt8]
-        let b: [UInt8]
-        let bias: [UInt8]?
-        let inFeatures: Int
-        let outFeatures: Int
+        let tensors: [StoredTensor]
 
         /// `bias` is `lora_B.bias`, already multiplied by the module's scaling.
-        init(path: String, kind: AdaptedModule.Kind, factors: LowRankFactors, bias: [Float]? = nil, dtype: DType) {
+        init(path: String, kind: AdaptedModule.Kind, factors: LowRankFactors, bias: [Float]? = nil, dtype: DType,
+             spill: SpillFile? = nil) throws {
             self.path = path
             self.kind = kind
             rank = factors.rank
-            inFeatures = factors.inFeatures
-            outFeatures = factors.outFeatures
-            a = LoRABuilder.encode(factors.a, dtype)
-            b = LoRABuilder.encode(factors.b, dtype)
-            self.bias = bias.map { LoRABuilder.encode($0, dtype) }
+            let prefix = PEFTKeys.prefix + path + "."
+            let (aName, bName) = kind == .linear ? ("lora_A.weight", "lora_B.weight") : ("lora_embedding_A", "lora_embedding_B")
+            var parts = [(prefix + aName, [rank, factors.inFeatures], factors.a),
+                         (prefix + bName, [factors.outFeatures, rank], factors.b)]
+            if let bias { parts.append((prefix + "lora_B.bias", [factors.outFeatures], bias)) }
+            tensors = try parts.map { name, shape, values in
+                let bytes = LoRABuilder.encode(values, dtype)
+                guard let spill else { return StoredTensor(name: name, dtype: dtype, shape: shape, bytes: bytes) }
+                return StoredTensor(name: name, dtype: dtype, shape: shape, spill: spill, offset: try spill.append(bytes))
+            }
         }
     }
 
@@ -50,12 +53,6 @@ struct LoRABuilder {
 
     static func decode(_ bytes: [UInt8], _ dtype: DType) -> [Float] {
         bytes.withUnsafeBytes { Codec.decode($0, as: dtype, count: bytes.count / (dtype.bitWidth / 8)) }
-    }
-
-    /// The factors a reader of the written module gets (rounded to the output dtype).
-    static func stored(_ module: Module, _ dtype: DType) -> LowRankFactors {
-        LowRankFactors(b: decode(module.b, dtype), a: decode(module.a, dtype), outFeatures: module.outFeatures,
-                       inFeatures: module.inFeatures)
     }
 
     /// The most common module rank (the larger on a tie): the config's `r`.
@@ -93,15 +90,7 @@ struct LoRABuilder {
     func adapter(config json: JSONValue, source: String) throws -> Adapter {
         let config = try PEFTConfig.parse(json, source: source)
         var tensors: [StoredTensor] = []
-        for module in modules.sorted(by: { $0.path < $1.path }) {
-            let prefix = PEFTKeys.prefix + module.path + "."
-            let (aName, bName) = module.kind == .linear ? ("lora_A.weight", "lora_B.weight") : ("lora_embedding_A", "lora_embedding_B")
-            tensors.append(StoredTensor(name: prefix + aName, dtype: dtype, shape: [module.rank, module.inFeatures], bytes: module.a))
-            tensors.append(StoredTensor(name: prefix + bName, dtype: dtype, shape: [module.outFeatures, module.rank], bytes: module.b))
-            if let bias = module.bias {
-                tensors.append(StoredTensor(name: prefix + "lora_B.bias", dtype: dtype, shape: [module.outFeatures], bytes: bias))
-            }
-        }
+        for module in modules.sorted(by: { $0.path < $1.path }) { tensors += module.tensors }
         for item in carried {
             let name = PEFTKeys.key(item)
             tensors.append(item.tensor.name == name ? item.tensor

@@ -77,88 +77,180 @@ public struct TruncatedSVD: Sendable {
     public let isComplete: Bool
 }
 
-/// The randomized SVD of Halko, Martinsson & Tropp (2011): a Gaussian sketch of the range, power (subspace)
-/// iterations with re-orthonormalisation after every product, then the exact SVD of the small projected matrix.
+/// A truncated SVD by randomized block Krylov iteration (Musco & Musco 2015; the range finder of Halko, Martinsson &
+/// Tropp 2011 with every block kept): the Rayleigh–Ritz approximation of A from the Krylov space
+/// span{Ω, (MᵀM)Ω, …, (MᵀM)^q Ω}, M = A or Aᵀ so that the space lives on the smaller side d (M is e×d, e ≥ d).
 ///
-///     Ω  n×ℓ standard normal (ℓ = k + p, SurgeryRandom)
-///     Q  = orth(A Ω)                      (thin QR, sgeqrf/sorgqr)
-///     q times:  Q′ = orth(Aᵀ Q),  Q = orth(A Q′)
-///     B  = Qᵀ A  (ℓ×n),  B = Ũ S Vᵀ       (sgesdd)
-///     U  = Q Ũ
+///     P₀ = orth(Ω),  Ω d×b standard normal (SurgeryRandom)
+///     for j = 0…q:   Cⱼ = M Pⱼ;   if j < q:  Pⱼ₊₁ = orth(Mᵀ Cⱼ − K Kᵀ Mᵀ Cⱼ)  (projected twice)   K = [P₀ … Pⱼ]
+///     C = M K = [C₀ … C_q]                     (e × (q+1)b, no further pass over M)
+///     CᵀC = V Λ Vᵀ  (Double, dsyevd),  M ≈ (C V_k Λ_k^-½) Λ_k^½ (K V_k)ᵀ
 ///
-/// Every product is one `cblas_sgemm` over the whole matrix: 2 + 2q passes over A in all.
+/// One pass over M per block: Cⱼ = M Pⱼ and Mᵀ Cⱼ are formed panel by panel (1 MB of M, still in cache for the second
+/// product), 2q + 1 products of b columns in all. Keeping every block, where subspace iteration keeps only the last,
+/// is what gets close to the optimum on the spectrum of a fine-tune — a few dominant directions over a flat floor of
+/// noise, with the rank-k cut inside the floor: on a 5632 × 2048 module like the benchmark's synthetic fine-tune's,
+/// at rank 64, subspace iteration (k + 16 columns, 2 power iterations) ends 4.6·10⁻³ above the optimal error, this
+/// with b = 32 and q = 12 1.8·10⁻⁵ above it (q = 16: 7·10⁻⁷).
 public enum RandomizedSVD {
     public struct Parameters: Sendable, Equatable {
-        /// p: extra sketch columns beyond the rank asked for.
-        public var oversampling: Int
-        /// q: power iterations.
-        public var powerIterations: Int
-        public init(oversampling: Int = 16, powerIterations: Int = 2) {
-            self.oversampling = oversampling
-            self.powerIterations = powerIterations
+        /// b: columns per Krylov block; nil: half the rank, at least 8 (and at most the rank).
+        public var blockSize: Int?
+        /// q: Krylov blocks after the first.
+        public var iterations: Int
+        public init(blockSize: Int? = nil, iterations: Int = 12) {
+            self.blockSize = blockSize
+            self.iterations = iterations
         }
         public static let `default` = Parameters()
+
+        /// The block size used for rank k.
+        public func block(rank k: Int) -> Int { max(1, blockSize ?? min(k, max(8, (k + 1) / 2))) }
     }
 
-    /// The top min(k + p, min(m, n)) triplets of `a`. When min(m, n) ≤ 4ℓ the exact SVD is computed instead: then
-    /// it costs about what the 2 + 2q sketch passes and the residual pass do (sgesdd ≈ 8·min²·max flops against
-    /// 2·m·n·ℓ per pass), and it is optimal — e.g. the 256 × 2048 k_proj / v_proj of a TinyLlama at rank 64.
+    /// The top min(k, min(m, n)) triplets of `a`. When the Krylov space would be as wide as the smaller side of `a`
+    /// ((q+1)·b ≥ min(m, n)), the exact SVD is computed instead: it is optimal and then costs about twice the products
+    /// (sgesdd ≈ 8·min²·max flops against 2·m·n·b per product) — e.g. the 256 × 2048 k_proj / v_proj of a TinyLlama
+    /// at rank 64.
     public static func decompose(_ a: UnsafeBufferPointer<Float>, rows m: Int, columns n: Int, rank k: Int,
                                  parameters: Parameters = .default, random: inout SurgeryRandom) throws -> TruncatedSVD {
         precondition(a.count == m * n)
-        let smaller = min(m, n)
-        let l = min(k + parameters.oversampling, smaller)
-        if smaller <= 4 * l { return try exact(a, rows: m, columns: n) }
-        let base = a.baseAddress!
-        // Y = A Ω
-        var omega = [Float](repeating: 0, count: n * l)
-        for i in omega.indices { omega[i] = random.normal() }
-        var y = [Float](repeating: 0, count: m * l)
-        multiply(m: m, n: l, k: n, a: base, lda: n, transposeA: false, b: omega, ldb: l, into: &y)
-        omega = []
-        var q = try LinearAlgebra.ThinQR(rowMajor: y, rows: m, columns: l).q
-        var z = [Float](repeating: 0, count: n * l)
-        for _ in 0..<parameters.powerIterations {
-            // Z = Aᵀ Q (n×ℓ), Q′ = orth(Z); Y = A Q′, Q = orth(Y)
-            multiply(m: n, n: l, k: m, a: base, lda: n, transposeA: true, b: q, ldb: l, into: &z)
-            let qz = try LinearAlgebra.ThinQR(rowMajor: z, rows: n, columns: l).q
-            multiply(m: m, n: l, k: n, a: base, lda: n, transposeA: false, b: qz, ldb: l, into: &y)
-            q = try LinearAlgebra.ThinQR(rowMajor: y, rows: m, columns: l).q
-        }
-        // B = Qᵀ A (ℓ×n)
-        var small = [Float](repeating: 0, count: l * n)
-        q.withUnsafeBufferPointer { qp in
-            small.withUnsafeMutableBufferPointer { out in
-                LinearAlgebra.multiplyAccumulate(m: l, n: n, k: m, alpha: 1, a: qp.baseAddress!, lda: l, transposeA: true,
-                                                 b: base, ldb: n, transposeB: false, into: out.baseAddress!, ldc: n, beta: 0)
+        let b = parameters.block(rank: k), width = (parameters.iterations + 1) * b
+        let d = min(m, n), e = max(m, n)
+        if d <= width { return try exact(a, rows: m, columns: n) }
+        let operatorIsTranspose = n > m  // M = Aᵀ
+        // K: d×width and C: e×width, row-major; block j is columns j·b ..< (j+1)·b of each (leading dimension width).
+        var basis = [Float](repeating: 0, count: d * width)
+        var images = [Float](repeating: 0, count: e * width)
+        for i in 0..<d { for c in 0..<b { basis[i * width + c] = random.normal() } }
+        try basis.withUnsafeMutableBufferPointer { kp in
+            try images.withUnsafeMutableBufferPointer { cp in
+                let k0 = kp.baseAddress!, c0 = cp.baseAddress!
+                try LinearAlgebra.orthonormalizeColumnsQuickly(k0, rows: d, columns: b, leading: width)
+                for j in 0...parameters.iterations {
+                    let next = j < parameters.iterations ? k0 + (j + 1) * b : nil
+                    apply(a.baseAddress!, rows: m, columns: n, transposed: operatorIsTranspose, to: k0 + j * b,
+                          images: c0 + j * b, back: next, size: b, width: width)
+                    guard let next else { break }
+                    try extend(basis: k0, columns: (j + 1) * b, rows: d, width: width, with: next, size: b,
+                               random: &random)
+                }
             }
         }
-        let svd = try LinearAlgebra.ThinSVD(rowMajor: small, rows: l, columns: n)
-        // U = Q Ũ (m×ℓ · ℓ×ℓ)
-        var u = [Float](repeating: 0, count: m * l)
-        multiply(m: m, n: l, k: l, a: q, lda: l, b: svd.u, ldb: l, into: &u)
-        return TruncatedSVD(u: u, singularValues: svd.singularValues, vt: svd.vt, rows: m, columns: n, isComplete: false)
+        // CᵀC = Kᵀ MᵀM K in Double (squaring the singular values costs no digits there), top k eigenpairs.
+        var gram = [Double](repeating: 0, count: width * width)
+        images.withUnsafeBufferPointer { cp in
+            var panel = [Double](repeating: 0, count: 256 * width)
+            var row = 0
+            while row < e {
+                let count = min(256, e - row)
+                for i in 0..<(count * width) { panel[i] = Double(cp[row * width + i]) }
+                cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, blasint(width), blasint(count), 1, panel,
+                            blasint(width), row == 0 ? 0 : 1, &gram, blasint(width))
+                row += count
+            }
+        }
+        let eigen = try LinearAlgebra.symmetricEigen(gram, order: width)
+        let kept = min(k, width)
+        let values = eigen.values.prefix(kept).map { Float(max($0, 0).squareRoot()) }
+        // V_k (width×k) and V_k Λ_k^-½, Float32.
+        var vk = [Float](repeating: 0, count: width * kept), scaled = vk
+        for i in 0..<width {
+            for j in 0..<kept {
+                vk[i * kept + j] = Float(eigen.vectors[i * width + j])
+                scaled[i * kept + j] = values[j] > 0 ? vk[i * kept + j] / values[j] : 0
+            }
+        }
+        let left = multiply(images, rows: e, inner: width, by: scaled, columns: kept)  // C V_k Λ^-½: e×k
+        let right = multiply(basis, rows: d, inner: width, by: vk, columns: kept)      // K V_k: d×k
+        // Backstop for a basis that lost orthogonality (it would count a direction twice): the Ritz values of an
+        // orthonormal basis never hold more than ‖A‖²_F.
+        let energy = values.reduce(0.0) { $0 + Double($1) * Double($1) }
+        if energy > LinearAlgebra.squaredNorm(a) * (1 + 1e-4) { return try exact(a, rows: m, columns: n) }
+        // M ≈ left S rightᵀ: A = M gives U = left, Vᵀ = rightᵀ; A = Mᵀ gives U = right, Vᵀ = leftᵀ.
+        let (u, v) = operatorIsTranspose ? (right, left) : (left, right)
+        var vt = [Float](repeating: 0, count: kept * n)
+        for c in 0..<n { for i in 0..<kept { vt[i * n + c] = v[c * kept + i] } }
+        return TruncatedSVD(u: u, singularValues: values, vt: vt, rows: m, columns: n, isComplete: false)
+    }
+
+    /// images = M·P and, with `back`, back = Mᵀ·images, in one pass over M: for each panel of about 1 MB of M's rows
+    /// (rows of A for M = A; columns of A, strided, for M = Aᵀ) the panel's images, then their share of Mᵀ·images
+    /// while the panel is still in cache. P, images and back have `size` columns and leading dimension `width`.
+    private static func apply(_ a: UnsafePointer<Float>, rows m: Int, columns n: Int, transposed: Bool,
+                              to p: UnsafePointer<Float>, images: UnsafeMutablePointer<Float>,
+                              back: UnsafeMutablePointer<Float>?, size b: Int, width: Int) {
+        let e = transposed ? n : m, d = transposed ? m : n
+        let step = back == nil ? e : max(16, (1 << 20) / (4 * d))
+        var start = 0
+        while start < e {
+            let count = min(step, e - start)
+            let panel = transposed ? a + start : a + start * n  // M's rows start..<start+count
+            LinearAlgebra.multiplyAccumulate(m: count, n: b, k: d, alpha: 1, a: panel, lda: n, transposeA: transposed,
+                                             b: p, ldb: width, transposeB: false, into: images + start * width,
+                                             ldc: width, beta: 0)
+            if let back {
+                LinearAlgebra.multiplyAccumulate(m: d, n: b, k: count, alpha: 1, a: panel, lda: n, transposeA: !transposed,
+                                                 b: images + start * width, ldb: width, transposeB: false, into: back,
+                                                 ldc: width, beta: start == 0 ? 0 : 1)
+            }
+            start += count
+        }
+    }
+
+    /// Makes the block v (the new Mᵀ Cⱼ) orthonormal and orthogonal to the first `columns` columns K of the basis:
+    /// project out K and orthonormalise, twice ("twice is enough"). Where M has lower rank than the space the block
+    /// is mostly rounding noise, and a block that still leans on K afterwards (|Kᵀv| > 10⁻⁵) is replaced by random
+    /// directions made orthogonal to K the same way — the range is then already in K, and any orthonormal extension
+    /// keeps the Rayleigh–Ritz projection exact.
+    private static func extend(basis: UnsafeMutablePointer<Float>, columns: Int, rows d: Int, width: Int,
+                               with v: UnsafeMutablePointer<Float>, size b: Int, random: inout SurgeryRandom) throws {
+        for attempt in 0..<3 {
+            if attempt > 0 { for i in 0..<d { for c in 0..<b { v[i * width + c] = random.normal() } } }
+            for _ in 0..<2 {
+                removeProjection(on: basis, columns: columns, rows: d, width: width, from: v, size: b)
+                try LinearAlgebra.orthonormalizeColumnsQuickly(v, rows: d, columns: b, leading: width)
+            }
+            var overlap = [Float](repeating: 0, count: columns * b)
+            LinearAlgebra.multiplyAccumulate(m: columns, n: b, k: d, alpha: 1, a: basis, lda: width, transposeA: true,
+                                             b: v, ldb: width, transposeB: false, into: &overlap, ldc: b, beta: 0)
+            if overlap.allSatisfy({ abs($0) <= 1e-5 }) { return }
+        }
+        throw LinearAlgebra.DecompositionFailure(routine: "block Krylov orthogonalisation", info: 0)
+    }
+
+    /// v −= K Kᵀ v for the first `columns` columns K of the basis (d × columns, leading dimension width) and a block v
+    /// of `size` columns (same leading dimension).
+    private static func removeProjection(on basis: UnsafeMutablePointer<Float>, columns: Int, rows d: Int, width: Int,
+                                         from v: UnsafeMutablePointer<Float>, size b: Int) {
+        var coefficients = [Float](repeating: 0, count: columns * b)
+        coefficients.withUnsafeMutableBufferPointer { cp in
+            LinearAlgebra.multiplyAccumulate(m: columns, n: b, k: d, alpha: 1, a: basis, lda: width, transposeA: true,
+                                             b: v, ldb: width, transposeB: false, into: cp.baseAddress!, ldc: b, beta: 0)
+            LinearAlgebra.multiplyAccumulate(m: d, n: b, k: columns, alpha: -1, a: basis, lda: width, transposeA: false,
+                                             b: cp.baseAddress!, ldb: b, transposeB: false, into: v, ldc: width, beta: 1)
+        }
+    }
+
+    /// x (rows×inner) · y (inner×columns), row-major.
+    private static func multiply(_ x: [Float], rows: Int, inner: Int, by y: [Float], columns: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: rows * columns)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeBufferPointer { yp in
+                out.withUnsafeMutableBufferPointer { op in
+                    LinearAlgebra.multiplyAccumulate(m: rows, n: columns, k: inner, alpha: 1, a: xp.baseAddress!,
+                                                     lda: inner, transposeA: false, b: yp.baseAddress!, ldb: columns,
+                                                     transposeB: false, into: op.baseAddress!, ldc: columns, beta: 0)
+                }
+            }
+        }
+        return out
     }
 
     /// The full thin SVD (sgesdd) of `a`.
     public static func exact(_ a: UnsafeBufferPointer<Float>, rows m: Int, columns n: Int) throws -> TruncatedSVD {
         let svd = try LinearAlgebra.ThinSVD(rowMajor: Array(a), rows: m, columns: n)
         return TruncatedSVD(u: svd.u, singularValues: svd.singularValues, vt: svd.vt, rows: m, columns: n, isComplete: true)
-    }
-
-    private static func multiply(m: Int, n: Int, k: Int, a: UnsafePointer<Float>, lda: Int, transposeA: Bool,
-                                 b: [Float], ldb: Int, into c: inout [Float]) {
-        b.withUnsafeBufferPointer { bp in
-            c.withUnsafeMutableBufferPointer { cp in
-                LinearAlgebra.multiplyAccumulate(m: m, n: n, k: k, alpha: 1, a: a, lda: lda, transposeA: transposeA,
-                                                 b: bp.baseAddress!, ldb: ldb, transposeB: false,
-                                                 into: cp.baseAddress!, ldc: n, beta: 0)
-            }
-        }
-    }
-
-    private static func multiply(m: Int, n: Int, k: Int, a: [Float], lda: Int, b: [Float], ldb: Int, into c: inout [Float]) {
-        a.withUnsafeBufferPointer { ap in multiply(m: m, n: n, k: k, a: ap.baseAddress!, lda: lda, transposeA: false, b: b, ldb: ldb, into: &c) }
     }
 }
 

@@ -83,7 +83,7 @@ public enum Resize {
                                         energyKept: total == 0 ? 1 : min(1, kept / total)))
             guard factors.rank > 0 else { continue }
             let bias = try module.tensors[LoRA.bias].map { try $0.floats().map { $0 * Float(module.scaling) } }
-            builder.modules.append(LoRABuilder.Module(path: module.path, kind: module.kind, factors: factors, bias: bias,
+            builder.modules.append(try LoRABuilder.Module(path: module.path, kind: module.kind, factors: factors, bias: bias,
                                                       dtype: builder.dtype))
         }
         builder.carried = adapter.carried
