@@ -37,7 +37,8 @@ Times, interleaved round-robin, on the inputs made by Benchmarks/make_inputs.py:
   peftkit inspect BASE                             (hyperfine, against \`true\`)
   peftkit extract BASE TUNED --rank 64 and mergekit-extract-lora --max-rank 64 on the synthetic
   fine-tune made by Benchmarks/make_tuned.py (the seven projections of every layer), then the
-  per-module error of both adapters (Benchmarks/extract_error.py)
+  per-module error of both adapters (Benchmarks/extract_error.py), and of an untimed
+  peftkit extract --dtype keep (bf16 factors, as mergekit writes them) against mergekit
 and with --large, cp and peftkit merge of the 66-layer checkpoint (peak RSS flatness).
 Each merge/copy runs under /usr/bin/time -v (wall time, peak RSS); outputs go to
 $OUT_ROOT (tmpfs), deleted after every run.
@@ -239,15 +240,30 @@ bench_extract() {
                 -i '_proj' -e 'embed_tokens|lm_head' --quiet
         done
     done
+    # Untimed: the same extract with bf16 factors like mergekit's (--dtype keep), to compare at equal output dtype.
+    "$PEFTKIT" extract "$base" "$tuned" --rank 64 --dtype keep -o "$mine-bf16" --force --quiet >>"$WORK/commands.log" 2>&1 \
+        || echo "peftkit extract --dtype keep failed (see $WORK/commands.log)" >&2
     if [[ -f "$mine/adapter_model.safetensors" && -f "$theirs/adapter_model.safetensors" ]]; then
-        "$PYTHON" "$SCRIPT_DIR/extract_error.py" "$base" "$tuned" peftkit="$mine" mergekit="$theirs" \
-            --json "$WORK/extract_error.json" >"$WORK/extract_error.md" 2>>"$WORK/commands.log" \
-            || echo "extract_error.py failed (see $WORK/commands.log)" >"$WORK/extract_error.md"
+        {
+            echo "Default (Float32 factors):"
+            echo
+            "$PYTHON" "$SCRIPT_DIR/extract_error.py" "$base" "$tuned" peftkit="$mine" mergekit="$theirs" \
+                --json "$WORK/extract_error.json" 2>>"$WORK/commands.log" \
+                || echo "extract_error.py failed (see $WORK/commands.log)"
+            if [[ -f "$mine-bf16/adapter_model.safetensors" ]]; then
+                echo
+                echo "With --dtype keep (bf16 factors, as mergekit writes):"
+                echo
+                "$PYTHON" "$SCRIPT_DIR/extract_error.py" "$base" "$tuned" peftkit-bf16="$mine-bf16" mergekit="$theirs" \
+                    --json "$WORK/extract_error_bf16.json" 2>>"$WORK/commands.log" \
+                    || echo "extract_error.py failed (see $WORK/commands.log)"
+            fi
+        } >"$WORK/extract_error.md"
     else
         echo "no adapter from one of the extract runs: errors not compared" >"$WORK/extract_error.md"
     fi
     cat "$WORK/extract_error.md"
-    rm -rf "$mine" "$theirs"
+    rm -rf "$mine" "$mine-bf16" "$theirs"
 }
 
 bench_large() {
