@@ -35,8 +35,9 @@ struct ExtractCommand: AsyncParsableCommand {
 
             The adapter has scaling 1 everywhere: lora_alpha = r, per-module ranks (--energy, or matrices smaller \
             than --rank) in rank_pattern and alpha_pattern. The report gives per module the rank, the relative \
-            error ‖ΔW − B·A‖_F / ‖ΔW‖_F of the factors as written (measured: one more product) and, where every \
-            singular value is known (--exact or small matrices), the optimal error at that rank.
+            error ‖ΔW − B·A‖_F / ‖ΔW‖_F of the factors as written (Float32: from ‖ΔW‖² − Σσᵢ², B·A being a \
+            projection of ΔW; 16-bit factors, or errors below 1e-2: measured with one more product) and, where \
+            every singular value is known (--exact or small matrices), the optimal error at that rank.
 
             Examples:
               peftkit extract ./Llama-base ./Llama-finetuned --rank 64 -o ./extracted-r64

@@ -428,6 +428,23 @@ private func residualEnergy(_ delta: [Float], _ svd: TruncatedSVD) -> Double {
     #expect(shapes?.details.first?.contains("a.q_proj.weight") == true)
 }
 
+@Test func extractRefusesAMissingOutputFolderAndLeavesNoScratchFile() throws {
+    let folder = scratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    var random = TestRandom(seed: 12)
+    let base = gaussianish(&random, 64 * 48, scale: 0.02)
+    try writePair(folder, [("q_proj.weight", [64, 48], base, base.map { $0 * 1.5 })])
+    let output = folder + "/no-such-folder/out"
+    let error = try #require(throws: PEFTKitError.self) {
+        try Extract.run(ExtractRequest(base: folder + "/base", tuned: folder + "/tuned", output: output, ranks: .fixed(4)))
+    }
+    #expect(error.kind == .io)
+    #expect("\(error.localizedDescription)".contains("no-such-folder"))
+    // A run that succeeds leaves nothing beside its output: the spill file was unlinked as soon as it was made.
+    _ = try Extract.run(ExtractRequest(base: folder + "/base", tuned: folder + "/tuned", output: folder + "/out", ranks: .fixed(4)))
+    #expect(try FileManager.default.contentsOfDirectory(atPath: folder).sorted() == ["base", "out", "tuned"])
+}
+
 @Test func extractIsDeterministicGivenTheSeed() throws {
     let folder = scratchFolder()
     defer { try? FileManager.default.removeItem(atPath: folder) }

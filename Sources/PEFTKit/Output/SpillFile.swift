@@ -17,6 +17,10 @@ final class SpillFile: @unchecked Sendable {
 
     init(near output: String) throws {
         folder = OutputPath.split(output).parent
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isFolder), isFolder.boolValue else {
+            throw PEFTKitError(.io, file: output, "the folder to write into, '\(folder)', does not exist")
+        }
         var template = Array((folder + "/.peftkit-spill-XXXXXX").utf8CString)
         let fd = template.withUnsafeMutableBufferPointer { mkstemp($0.baseAddress!) }
         guard fd >= 0 else {
