@@ -152,23 +152,28 @@ private func writePair(_ folder: String, _ tensors: [(String, [Int], [Float], [F
     try writeSafetensors(folder + "/tuned/model.safetensors", tensors.map { ($0.0, .f32, $0.1, float32Bytes($0.3)) })
 }
 
-/// A fine-tune-like difference: a rank-32 product with decaying strengths plus full-rank noise of about 10% of it.
-private func syntheticDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
+/// A fine-tune-like difference: a rank-r product with strengths scale / (1 + k / decay) plus full-rank noise whose
+/// norm is `noise` times the product's.
+private func lowRankPlusNoise(rows: Int, columns: Int, seed: UInt64, rank r: Int, scale: Double, decay: Double,
+                              noise: Double) -> [Float] {
     var random = TestRandom(seed: seed)
-    let r = 32
     let u = gaussianish(&random, rows * r, scale: 1), v = gaussianish(&random, r * columns, scale: 1)
     var delta = [Double](repeating: 0, count: rows * columns)
     for k in 0..<r {
-        let strength = 0.01 / (1 + Double(k) / 4)
-        for o in 0..<rows where u[o * r + k] != 0 {
+        let strength = scale / (1 + Double(k) / decay)
+        for o in 0..<rows {
             let uk = Double(u[o * r + k]) * strength
             for i in 0..<columns { delta[o * columns + i] += uk * Double(v[k * columns + i]) }
         }
     }
-    let signal = frobenius(delta)
-    let noise = gaussianish(&random, rows * columns, scale: 1).map(Double.init)
-    let noiseScale = 0.1 * signal / frobenius(noise)
-    return zip(delta, noise).map { Float($0 + noiseScale * $1) }
+    let floor = gaussianish(&random, rows * columns, scale: 1).map(Double.init)
+    let noiseScale = noise * frobenius(delta) / frobenius(floor)
+    return zip(delta, floor).map { Float($0 + noiseScale * $1) }
+}
+
+/// A rank-32 product with decaying strengths plus full-rank noise of 10% of it.
+private func syntheticDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
+    lowRankPlusNoise(rows: rows, columns: columns, seed: seed, rank: 32, scale: 0.01, decay: 4, noise: 0.1)
 }
 
 // MARK: Block Krylov SVD and the rounding of the factors
@@ -177,20 +182,7 @@ private func syntheticDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
 /// half the energy, so the directions after the eighth are the noise's nearly equal ones — where subspace iteration
 /// stays well above the optimum.
 private func flatFloorDelta(rows: Int, columns: Int, seed: UInt64) -> [Float] {
-    var random = TestRandom(seed: seed)
-    let r = 8
-    let u = gaussianish(&random, rows * r, scale: 1), v = gaussianish(&random, r * columns, scale: 1)
-    var delta = [Double](repeating: 0, count: rows * columns)
-    for k in 0..<r {
-        let strength = 1 / (1 + Double(k) / 2)
-        for o in 0..<rows {
-            let uk = Double(u[o * r + k]) * strength
-            for i in 0..<columns { delta[o * columns + i] += uk * Double(v[k * columns + i]) }
-        }
-    }
-    let noise = gaussianish(&random, rows * columns, scale: 1).map(Double.init)
-    let noiseScale = frobenius(delta) / frobenius(noise)
-    return zip(delta, noise).map { Float($0 + noiseScale * $1) }
+    lowRankPlusNoise(rows: rows, columns: columns, seed: seed, rank: 8, scale: 1, decay: 2, noise: 1)
 }
 
 /// ‖ΔW − U S Vᵀ‖²_F in Double.
