@@ -20,7 +20,8 @@ struct ExtractCommand: AsyncParsableCommand {
             smaller side is at most 13·b gets the exact SVD, which is then about as cheap. The factors are Float32 \
             (--dtype keep: each module's base dtype, half the size, about 10⁻⁴ more error in bf16). \
             --exact computes the full SVD everywhere (the Eckart–Young optimum, much slower on large matrices). \
-            Two modules are factored at a time; the same --seed gives the same adapter.
+            Two modules are factored at a time, and their factors wait in an unnamed scratch file beside the \
+            output until the adapter is written; the same --seed gives the same adapter.
 
             Which tensors become what:
               2-D *.weight             a LoRA module (Linear; Conv1D if config.json: gpt2)
