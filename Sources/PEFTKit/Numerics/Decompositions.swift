@@ -104,11 +104,9 @@ extension LinearAlgebra {
 
 extension LinearAlgebra {
     /// An orthonormal basis of the columns of a row-major rows×columns block (rows ≥ columns, leading dimension
-    /// `leading`), in place: Q of its thin QR A = Q R, and R (columns×columns, row-major) returned. LAPACK sees the
-    /// buffer as the column-major Aᵀ, whose LQ factorisation Aᵀ = L Q′ (sgelqf, sorglq) has Q′ = Qᵀ and L = Rᵀ: Q
-    /// comes out row-major where it was, with no transposition.
-    @discardableResult
-    static func orthonormalizeColumns(_ a: UnsafeMutablePointer<Float>, rows: Int, columns: Int, leading: Int) throws -> [Float] {
+    /// `leading`), in place: Q of its thin QR A = Q R. LAPACK sees the buffer as the column-major Aᵀ, whose LQ
+    /// factorisation Aᵀ = L Q′ (sgelqf, sorglq) has Q′ = Qᵀ: Q comes out row-major where it was, with no transposition.
+    static func orthonormalizeColumns(_ a: UnsafeMutablePointer<Float>, rows: Int, columns: Int, leading: Int) throws {
         precondition(rows >= columns && leading >= columns)
         var m = Int32(columns), n = Int32(rows), k = Int32(columns), lda = Int32(leading), info: Int32 = 0
         var tau = [Float](repeating: 0, count: max(columns, 1))
@@ -116,13 +114,10 @@ extension LinearAlgebra {
         var lwork = Int32(work.count)
         sgelqf_(&m, &n, a, &lda, &tau, &work, &lwork, &info)
         guard info == 0 else { throw DecompositionFailure(routine: "sgelqf", info: info) }
-        var r = [Float](repeating: 0, count: columns * columns)
-        for j in 0..<columns { for i in j..<columns { r[j * columns + i] = a[j * leading + i] } }  // R = Lᵀ
         work = try workspace { lwork, size in sorglq_(&m, &n, &k, a, &lda, &tau, &size, &lwork, &info); return info }
         lwork = Int32(work.count)
         sorglq_(&m, &n, &k, a, &lda, &tau, &work, &lwork, &info)
         guard info == 0 else { throw DecompositionFailure(routine: "sorglq", info: info) }
-        return r
     }
 
     /// The same, by Cholesky QR twice (CholeskyQR2, Fukaya et al. 2014): G = XᵀX (ssyrk), G = RᵀR (spotrf),
@@ -159,11 +154,6 @@ extension LinearAlgebra {
         for i in 0..<columns {
             for j in i..<columns where abs(gram[i * columns + j] - (i == j ? 1 : 0)) > 1e-5 { return try householder() }
         }
-    }
-
-    /// The same for a whole row-major rows×columns array.
-    static func orthonormalizeColumns(_ a: inout [Float], rows: Int, columns: Int) throws -> [Float] {
-        try a.withUnsafeMutableBufferPointer { try orthonormalizeColumns($0.baseAddress!, rows: rows, columns: columns, leading: columns) }
     }
 }
 
