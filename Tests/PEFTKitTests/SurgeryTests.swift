@@ -291,8 +291,8 @@ private func residualEnergy(_ delta: [Float], _ svd: TruncatedSVD) -> Double {
             func bf16(_ v: [Float]) -> [Float] { LoRABuilder.decode(LoRABuilder.encode(v, .bf16), .bf16) }
             let both = LowRankFactors(b: bf16(factors.b), a: bf16(factors.a), outFeatures: factors.outFeatures,
                                       inFeatures: factors.inFeatures)
-            let refit = try delta.withUnsafeBufferPointer {
-                try Extract.rounded(factors, delta: $0, rows: rows, columns: columns, transposed: transposed, dtype: .bf16)
+            let refit = delta.withUnsafeBufferPointer {
+                Extract.rounded(factors, delta: $0, rows: rows, columns: columns, transposed: transposed, dtype: .bf16)
             }
             #expect(refit.outFeatures == factors.outFeatures && refit.inFeatures == factors.inFeatures)
             #expect(refit.b.count == factors.b.count && refit.a.count == factors.a.count)
@@ -301,8 +301,8 @@ private func residualEnergy(_ delta: [Float], _ svd: TruncatedSVD) -> Double {
             #expect(better <= plain, "\(rows)×\(columns) transposed \(transposed): \(better) vs \(plain)")
             #expect(better < 1.001 * unrounded)
             // Float32 output is left as computed.
-            let kept = try delta.withUnsafeBufferPointer {
-                try Extract.rounded(factors, delta: $0, rows: rows, columns: columns, transposed: transposed, dtype: .f32)
+            let kept = delta.withUnsafeBufferPointer {
+                Extract.rounded(factors, delta: $0, rows: rows, columns: columns, transposed: transposed, dtype: .f32)
             }
             #expect(kept.b == factors.b && kept.a == factors.a)
         }

@@ -203,7 +203,7 @@ public enum GGUFFormat: AdapterFormat {
             var aValues = try a.floats()
             var aShape = a.shape  // numpy order
             if module.kind == .embedding {
-                aValues = transpose(aValues, rows: aShape[0], columns: aShape[1])
+                aValues = LinearAlgebra.transpose(aValues, rows: aShape[0], columns: aShape[1])
                 aShape = [aShape[1], aShape[0]]
             }
             var bValues = try b.floats()
@@ -260,13 +260,6 @@ public enum GGUFFormat: AdapterFormat {
         let name = carried.baseName == GGUFArchitecture.head.hf + ".weight" && base.tiedEmbeddings
             ? GGUFArchitecture.embedding.hf + ".weight" : carried.baseName
         return try carried.isUnchangedCopy(in: base.checkpoint, of: name)
-    }
-
-    /// A row-major matrix transposed.
-    static func transpose<T>(_ values: [T], rows: Int, columns: Int) -> [T] {
-        var out = values
-        for r in 0..<rows { for c in 0..<columns { out[c * rows + r] = values[r * columns + c] } }
-        return out
     }
 
     /// llama.cpp's Q/K permutation of rows, `W.reshape(heads, 2, rows/heads/2, …).swapaxes(1, 2)`: within each head,

@@ -20,6 +20,13 @@ enum LinearAlgebra {
                     blasint(m), blasint(n), blasint(k), alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
     }
 
+    /// A row-major rows×columns matrix transposed (row-major columns×rows).
+    static func transpose<T>(_ values: [T], rows: Int, columns: Int) -> [T] {
+        var out = values
+        for r in 0..<rows { for c in 0..<columns { out[c * rows + r] = values[r * columns + c] } }
+        return out
+    }
+
     /// An LU factorisation of a square matrix (`sgetrf`), kept to solve several right-hand sides.
     struct LUFactorization {
         let order: Int

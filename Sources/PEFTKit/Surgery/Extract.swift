@@ -108,7 +108,7 @@ public enum Extract {
         let workers = max(1, min(2, ProcessInfo.processInfo.activeProcessorCount))
         let reader = ChunkReader(chunkBytes: chunkBytes)
         // The factors wait in a scratch file beside the output until the adapter is written, so memory does not
-        // grow with the model (100 MB of bf16 factors for a 1.1B model at rank 64).
+        // grow with the model (200 MB of Float32 factors for a 1.1B model at rank 64).
         let spill = try SpillFile(near: request.output)
         // ΔW of the modules in flight: one buffer per worker, grown to the largest module and reused (a fresh 46 MB
         // array per module would cost its page faults every time).
@@ -138,7 +138,7 @@ public enum Extract {
             let path = name.hasSuffix(".weight") ? String(name.dropLast(7)) : nil
             let isEmbedding = path.map(Self.isEmbedding) ?? false
             let selected = path.map { request.modules.isEmpty || PEFTConfig.patternKey(request.modules, matching: $0) != nil } ?? false
-            // Only a module that will be factored has its difference decoded (into the one reused buffer).
+            // Only a module that will be factored has its difference decoded (into its worker's buffer).
             let extractable = info.shape.count == 2 && path != nil && info.dtype.isFloat && selected
                 && (!isEmbedding || request.embeddings == .lora)
             if extractable {
@@ -255,8 +255,8 @@ public enum Extract {
         let svd = try decompose(workspace, rows: rows, columns: columns, squared: squared, request: request, random: &random)
         let k = chooseRank(svd, squared: squared, choice: request.ranks)
         let tail = svd.isComplete ? svd.singularValues.dropFirst(k).reduce(0.0) { $0 + Double($1) * Double($1) } : nil
-        let factors = try workspace.withUnsafeBufferPointer { whole in
-            try rounded(LowRankFactors.split(svd, rank: k, transposed: job.transposed),
+        let factors = workspace.withUnsafeBufferPointer { whole in
+            rounded(LowRankFactors.split(svd, rank: k, transposed: job.transposed),
                         delta: UnsafeBufferPointer(rebasing: whole[0..<count]), rows: rows, columns: columns,
                         transposed: job.transposed, dtype: job.dtype)
         }
@@ -287,18 +287,13 @@ public enum Extract {
     /// TinyLlama, a systematic 1.5·10⁻⁶ of relative error. Float32 output is returned as it is; a refit whose Gram
     /// matrix is (nearly) singular falls back to rounding both.
     static func rounded(_ factors: LowRankFactors, delta: UnsafeBufferPointer<Float>, rows: Int, columns: Int,
-                        transposed: Bool, dtype: DType) throws -> LowRankFactors {
+                        transposed: Bool, dtype: DType) -> LowRankFactors {
         guard dtype != .f32, factors.rank > 0 else { return factors }
         let k = factors.rank
         func round(_ v: [Float]) -> [Float] { LoRABuilder.decode(LoRABuilder.encode(v, dtype), dtype) }
-        func transpose(_ v: [Float], _ r: Int, _ c: Int) -> [Float] {
-            var out = [Float](repeating: 0, count: v.count)
-            for i in 0..<r { for j in 0..<c { out[j * r + i] = v[i * c + j] } }
-            return out
-        }
         // Stored orientation: not transposed, L = B and R = A; transposed (ΔW = (B·A)ᵀ = Aᵀ·Bᵀ), L = Aᵀ and R = Bᵀ.
-        var left = transposed ? transpose(factors.a, k, rows) : factors.b
-        var right = transposed ? transpose(factors.b, columns, k) : factors.a
+        var left = transposed ? LinearAlgebra.transpose(factors.a, rows: k, columns: rows) : factors.b
+        var right = transposed ? LinearAlgebra.transpose(factors.b, rows: columns, columns: k) : factors.a
         let refitLeft = columns <= rows
         let fixed = round(refitLeft ? right : left)
         // G = R̃R̃ᵀ or L̃ᵀL̃ (k×k), and T = ΔW R̃ᵀ (rows×k) or ΔWᵀ L̃ (columns×k); the refit factor is T G⁻¹ (G symmetric).
@@ -328,14 +323,15 @@ public enum Extract {
                 right = fixed
             } else {
                 left = fixed
-                right = round(transpose(target, columns, k))
+                right = round(LinearAlgebra.transpose(target, rows: columns, columns: k))
             }
         } else {
             left = round(left)
             right = round(right)
         }
         return transposed
-            ? LowRankFactors(b: transpose(right, k, columns), a: transpose(left, rows, k), outFeatures: columns, inFeatures: rows)
+            ? LowRankFactors(b: LinearAlgebra.transpose(right, rows: k, columns: columns),
+                             a: LinearAlgebra.transpose(left, rows: rows, columns: k), outFeatures: columns, inFeatures: rows)
             : LowRankFactors(b: left, a: right, outFeatures: rows, inFeatures: columns)
     }
 

@@ -169,9 +169,7 @@ public enum RandomizedSVD {
         if energy > LinearAlgebra.squaredNorm(a) * (1 + 1e-4) { return try exact(a, rows: m, columns: n) }
         // M ≈ left S rightᵀ: A = M gives U = left, Vᵀ = rightᵀ; A = Mᵀ gives U = right, Vᵀ = leftᵀ.
         let (u, v) = operatorIsTranspose ? (right, left) : (left, right)
-        var vt = [Float](repeating: 0, count: kept * n)
-        for c in 0..<n { for i in 0..<kept { vt[i * n + c] = v[c * kept + i] } }
-        return TruncatedSVD(u: u, singularValues: values, vt: vt, rows: m, columns: n, isComplete: false)
+        return TruncatedSVD(u: u, singularValues: values, vt: LinearAlgebra.transpose(v, rows: n, columns: kept), rows: m, columns: n, isComplete: false)
     }
 
     /// images = M·P and, with `back`, back = Mᵀ·images, in one pass over M: for each panel of about 1 MB of M's rows
