@@ -50,3 +50,16 @@ int peftkit_is_tmpfs(int descriptor) {
 }
 
 #endif
+
+unsigned peftkit_cpu_vector_features(void) {
+    unsigned features = 0;
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx")) features |= PEFTKIT_CPU_AVX;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) features |= PEFTKIT_CPU_AVX2_FMA;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        features |= PEFTKIT_CPU_AVX512;
+#endif
+    return features;
+}

@@ -8,6 +8,7 @@ import Darwin
 @main
 struct Entry {
     static func main() async {
+        KernelRelaunch.relaunchIfFaster()
         ProcessSignals.install()
         ProcessSignals.exit(await PeftkitCommand.run(arguments: Array(CommandLine.arguments.dropFirst())))
     }

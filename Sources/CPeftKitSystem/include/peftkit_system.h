@@ -12,4 +12,12 @@ int peftkit_rename_exchange(const char *first, const char *second);
 /// (ENOSYS where the call does not exist).
 int peftkit_is_tmpfs(int descriptor);
 
+/// The x86-64 vector extensions this CPU runs (cpuid, through the compiler's __builtin_cpu_supports), as the bits
+/// below; 0 on other architectures. They decide which OpenBLAS kernel family can run here.
+#define PEFTKIT_CPU_AVX 1u
+#define PEFTKIT_CPU_AVX2_FMA 2u
+/// AVX-512 F, CD, DQ, BW and VL: what OpenBLAS's SkylakeX kernels use.
+#define PEFTKIT_CPU_AVX512 4u
+unsigned peftkit_cpu_vector_features(void);
+
 #endif
