@@ -43,14 +43,15 @@ func unmergeOfPEFTMergedIsAtLeastAsCloseAsPEFT(_ name: String) throws {
                                       names: names)
     let ourWorst = ours.map(\.maxAbsoluteError).max() ?? 0, peftWorst = peft.map(\.maxAbsoluteError).max() ?? 0
     let ourDiffering = ours.reduce(0) { $0 + $1.differing }, peftDiffering = peft.reduce(0) { $0 + $1.differing }
-    // F32/F64: plus one ulp at the tensor's largest magnitude for the BLAS summation order (spec/tolerance.md §3).
+    // F32/F64: plus what the BLAS summation order can add, at least one ulp at the tensor's largest magnitude
+    // (spec/tolerance.md §3).
     let allowance = try names.map { name in
         let view = try Checkpoint(path: caseFolder + "/base").view(name)
         let values = [Float](unsafeUninitializedCapacity: view.info.elementCount) { buffer, count in
             Codec.decode(view.bytes, as: view.info.dtype, into: buffer)
             count = view.info.elementCount
         }
-        return Comparison.summationOrderAllowance(values, dtype: view.info.dtype)
+        return Comparison.summationOrderAllowance(values, dtype: view.info.dtype, summationBound: summary.summationBound!)
     }.max() ?? 0
     #expect(ourWorst <= peftWorst + allowance, "\(name): peftkit drifts \(ourWorst), PEFT \(peftWorst) + \(allowance)")
     #expect(ourWorst <= summary.driftBound!, "\(name): drift \(ourWorst) above the reported bound \(summary.driftBound!)")
@@ -70,4 +71,22 @@ func unmergeOfPEFTMergedIsAtLeastAsCloseAsPEFT(_ name: String) throws {
     #expect(embedding.first?.differing == 0)
     #expect(!summary.notes.contains { $0.contains("model.embed_tokens.weight") })
     #expect(summary.notes.contains { $0.contains("lm_head.weight") && $0.contains("cannot be recovered") })
+}
+
+/// F32 unmerge drift may exceed PEFT's by what summation order can add: one ulp at the tensor's largest magnitude or
+/// the γ bound of the change's two sums, whichever is larger; nothing for 16-bit tensors (spec/tolerance.md §3).
+@Test func unmergeDriftAllowanceIsTheLargerOfAnUlpAndTheSumBound() throws {
+    let values: [Float] = [0.5, -2, 1]  // largest magnitude 2: one Float32 ulp there is 2⁻²²
+    #expect(Comparison.summationOrderAllowance(values, dtype: .f32, summationBound: 0) == 0x1p-22)
+    #expect(Comparison.summationOrderAllowance(values, dtype: .f32, summationBound: 1e-5) == 1e-5)
+    #expect(Comparison.summationOrderAllowance(values, dtype: .bf16, summationBound: 1e-5) == 0)
+    // A LoRA unmerge reports its sums' bound: 2 · (r + 1) · 2⁻²⁴ · |s| · max row sum |B| · max |A| > 0.
+    let folder = makeScratchFolder()
+    defer { try? FileManager.default.removeItem(atPath: folder) }
+    let caseFolder = "\(fixtureCases)/lora-llama-f32"
+    let summary = try MergeEngine.run(MergeRequest(base: caseFolder + "/expected_merged.safetensors",
+                                                   adapters: [caseFolder + "/adapter"], output: folder + "/unmerged",
+                                                   direction: .unmerge))
+    let bound = try #require(summary.summationBound)
+    #expect(bound > 0 && bound <= summary.driftBound!)
 }

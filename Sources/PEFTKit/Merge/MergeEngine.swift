@@ -53,7 +53,8 @@ public enum MergeEngine {
             transformed: run.transformed, transformedTensors: run.transformedTensors, replaced: run.replaced,
             copied: run.copied, converted: run.converted, bytesWritten: run.bytesDone,
             seconds: Date().timeIntervalSince(start), notes: notes,
-            driftBound: request.direction == .unmerge ? run.driftBound : nil, worstCondition: run.worstCondition)
+            driftBound: request.direction == .unmerge ? run.driftBound : nil,
+            summationBound: request.direction == .unmerge ? run.summationBound : nil, worstCondition: run.worstCondition)
     }
 
     /// Workers per run.
@@ -105,6 +106,7 @@ final class MergeRun: @unchecked Sendable {
     var transformed = 0, replaced = 0, copied = 0, converted = 0
     var transformedTensors: [String] = []
     var driftBound = 0.0
+    var summationBound = 0.0
     var worstCondition: Double?
     /// The output's unmerge record: the base's for tensors left alone, and what the workers add.
     var record: UnmergeRecord

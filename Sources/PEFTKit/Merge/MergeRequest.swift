@@ -81,6 +81,9 @@ public struct MergeSummary: Sendable {
     public let notes: [String]
     /// Unmerge: an upper bound on |result − true base| over all unmerged elements (the merged file's rounding).
     public let driftBound: Double?
+    /// Unmerge: the largest bound on how far two Float32 evaluations of one tensor's change (the merge's and this
+    /// unmerge's, each summing in its own library's order) can differ; part of `driftBound`.
+    public let summationBound: Double?
     /// Bat unmerge: the largest condition number of the systems I + B_j that were solved.
     public let worstCondition: Double?
 }

@@ -101,6 +101,7 @@ final class TensorWriter {
         let columns = prepared.columns, outSize = tensor.outputDType.bitWidth / 8
         let isUnmerge = request.direction == .unmerge
         let summationError = isUnmerge ? prepared.operations.reduce(0) { $0 + $1.summationError } : 0
+        if isUnmerge { run.update { $0.summationBound = max($0.summationBound, summationError) } }
         let amplification = prepared.operations.reduce(1.0) { $0 * $1.roundingAmplification }
         var released = 0..<0
         var outputHash = ContentHash()

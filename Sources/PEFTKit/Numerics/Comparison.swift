@@ -127,12 +127,12 @@ package enum Comparison {
     /// The tolerance policy of spec/tolerance.md: whether a dtype is compared at the tensor's largest magnitude.
     package static func floorsAtTensorMaximum(_ dtype: DType) -> Bool { dtype == .f32 || dtype == .f64 }
 
-    /// Unmerge drift on F32/F64 (spec/tolerance.md §3): one ulp at the tensor's largest magnitude, for the order in
-    /// which the BLAS library summed the change (PEFT's own merge → unmerge subtracts the very sum it added, peftkit
-    /// sums again); nothing for 16-bit dtypes, whose ulp dwarfs that.
-    static func summationOrderAllowance(_ values: [Float], dtype: DType) -> Double {
+    /// Unmerge drift on F32/F64 (spec/tolerance.md §3): for the order in which the BLAS library summed the change
+    /// (PEFT's own merge → unmerge subtracts the very sum it added, peftkit sums again), the larger of one ulp at the
+    /// tensor's largest magnitude and the γ bound of the two sums; nothing for 16-bit dtypes, whose ulp dwarfs that.
+    static func summationOrderAllowance(_ values: [Float], dtype: DType, summationBound: Double) -> Double {
         guard floorsAtTensorMaximum(dtype) else { return 0 }
-        return ulp(at: Double(values.reduce(0) { max($0, $1.magnitude) }), in: dtype)
+        return max(ulp(at: Double(values.reduce(0) { max($0, $1.magnitude) }), in: dtype), summationBound)
     }
 
     /// The spacing of representable `dtype` values near `magnitude` (the size of one ulp there).
